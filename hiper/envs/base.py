@@ -1,0 +1,91 @@
+"""The text-environment interface shared by every environment family.
+
+An environment is text-first and gymnasium-like::
+
+    obs, info = env.reset(task)
+    obs, reward, done, info = env.step(action)
+
+``info`` always carries the keys of :data:`INFO_KEYS`. Tasks are addressed by :class:`TaskSpec`
+(env name + split + index + seed) so evaluation panels are fixed and reproducible.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+#: keys every ``info`` dict returned by ``reset``/``step`` contains.
+INFO_KEYS = (
+    "admissible",  # list[str]: admissible actions in the new state
+    "task",  # str: the task text ("put a clean apple in the fridge")
+    "task_type",  # str: task family, e.g. "pick_clean" (ALFWorld) or "webshop"
+    "won",  # bool: the task is solved
+    "score",  # float in [0, 1]: 1.0 when won for binary tasks, WebShop's raw reward otherwise
+    "truncated",  # bool: the episode was cut (step limit, crashed worker) rather than finished
+    "truncation_reason",  # str | None: why it was truncated ("max_steps", "worker crashed: ...")
+    "step",  # int: number of env steps taken so far in the episode
+)
+
+
+@dataclass(frozen=True, order=True)
+class TaskSpec:
+    """Address of one task: ``env`` name, ``split``, ``index`` within the split, and ``seed``.
+
+    ``seed`` only matters for procedurally generated worlds and stochastic envs; for file-based
+    tasks (ALFWorld game files, WebShop goals) the index alone picks the task.
+    """
+
+    env: str
+    split: str
+    index: int
+    seed: int = 0
+
+    def __str__(self) -> str:
+        return f"{self.env}/{self.split}/{self.index}@{self.seed}"
+
+
+@dataclass
+class StepResult:
+    """One env transition as returned by batched envs and pools."""
+
+    obs: str
+    reward: float
+    done: bool
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ExpertStep:
+    """What an expert/oracle does in the current state: a canonical subgoal and the action."""
+
+    subgoal: str
+    action: str
+
+
+@runtime_checkable
+class TextEnv(Protocol):
+    """A single text environment (one episode at a time)."""
+
+    #: prompt family used by :mod:`hiper.protocol` to render prompts ("household" or "webshop").
+    family: str
+
+    def reset(self, task: TaskSpec) -> tuple[str, dict[str, Any]]: ...
+
+    def step(self, action: str) -> tuple[str, float, bool, dict[str, Any]]: ...
+
+    def close(self) -> None: ...
+
+
+@runtime_checkable
+class ExpertEnv(Protocol):
+    """An environment that can say what its expert/oracle would do now (for eval and SFT data)."""
+
+    def expert(self) -> ExpertStep: ...
+
+
+def check_info(info: dict[str, Any]) -> dict[str, Any]:
+    """Raise ``KeyError`` naming the missing keys if ``info`` lacks any of :data:`INFO_KEYS`."""
+    missing = [k for k in INFO_KEYS if k not in info]
+    if missing:
+        raise KeyError(f"env info is missing required keys {missing}; every env must fill {list(INFO_KEYS)}")
+    return info
