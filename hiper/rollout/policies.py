@@ -1,0 +1,154 @@
+"""Policies that answer :class:`~hiper.envs.manager.TurnRequest` s with protocol responses.
+
+A policy has ``act(requests) -> dict[slot, response_text]``. Policies that produce token-level data
+(engine policies) also have ``act_with_extras(requests) -> (responses, extras)`` where
+``extras[slot]`` holds ``prompt_ids``, ``response_ids``, ``logprobs`` and ``finish_reason``;
+:func:`hiper.envs.manager.run_episodes` prefers it and stores the extras in the turn records.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from typing import Any, Protocol, runtime_checkable
+
+from hiper.envs.manager import TurnRequest
+
+
+@runtime_checkable
+class Policy(Protocol):
+    def act(self, requests: Sequence[TurnRequest]) -> dict[int, str]: ...
+
+
+class BasePolicy:
+    """Default ``act_with_extras``: the texts of :meth:`act` and no extras."""
+
+    def act(self, requests: Sequence[TurnRequest]) -> dict[int, str]:
+        raise NotImplementedError
+
+    def act_with_extras(self, requests: Sequence[TurnRequest]) -> tuple[dict[int, str], dict[int, dict[str, Any]]]:
+        return self.act(requests), {}
+
+
+def _switch_enum() -> Any:
+    from hiper.protocol import Switch
+
+    return Switch
+
+
+class ExpertPolicy(BasePolicy):
+    """Follows the env's expert/oracle and writes well-formed protocol responses.
+
+    ``source`` is an :class:`~hiper.envs.manager.EnvManager` or a batch env with ``expert(slots)``.
+    The response is ``SWITCH`` when the expert's subgoal differs from the current subgoal (always at
+    turn 0, where there is none) and ``KEEP`` otherwise, so the expert's KEEPs are always consistent.
+    """
+
+    def __init__(self, source: Any) -> None:
+        if not hasattr(source, "expert"):
+            raise TypeError(f"{type(source).__name__} has no expert(slots)")
+        self.source = source
+
+    def act(self, requests: Sequence[TurnRequest]) -> dict[int, str]:
+        from hiper.protocol import format_response
+
+        switch = _switch_enum()
+        steps = self.source.expert([r.slot for r in requests])
+        out = {}
+        for r in requests:
+            step = steps[r.slot]
+            keep = r.turn > 0 and r.current_subgoal is not None and step.subgoal == r.current_subgoal
+            out[r.slot] = format_response(switch.KEEP if keep else switch.SWITCH, step.subgoal, step.action)
+        return out
+
+
+class RandomPolicy(BasePolicy):
+    """Uniformly random admissible action in a well-formed response (a floor for success rates).
+
+    At turn 0 (no current subgoal) it SWITCHes; afterwards it SWITCHes with probability
+    ``switch_prob`` to the subgoal ``"do: <action>"`` and otherwise KEEPs the current subgoal verbatim.
+    Seeded, so the same requests in the same order give the same answers.
+    """
+
+    def __init__(self, seed: int = 0, switch_prob: float = 0.2) -> None:
+        if not 0.0 <= switch_prob <= 1.0:
+            raise ValueError(f"switch_prob must be in [0, 1], got {switch_prob}")
+        self.rng = random.Random(seed)
+        self.switch_prob = switch_prob
+
+    def act(self, requests: Sequence[TurnRequest]) -> dict[int, str]:
+        from hiper.protocol import format_response
+
+        switch = _switch_enum()
+        out = {}
+        for r in requests:
+            action = self.rng.choice(r.admissible) if r.admissible else "look"
+            if r.current_subgoal is None or self.rng.random() < self.switch_prob:
+                out[r.slot] = format_response(switch.SWITCH, f"do: {action}", action)
+            else:
+                out[r.slot] = format_response(switch.KEEP, r.current_subgoal, action)
+        return out
+
+
+class EnginePolicy(BasePolicy):
+    """An LLM behind a :class:`~hiper.rollout.engine.GenerationEngine`.
+
+    Each request's user prompt is wrapped with the tokenizer's chat template
+    (:func:`hiper.protocol.chat_prompt`, a fresh single-user-message prompt per turn, spec §2.2) and
+    all active envs are generated in one batch. ``extras[slot]`` gets ``prompt_ids``,
+    ``response_ids``, ``logprobs`` (see :class:`~hiper.rollout.engine.GenerationOutput`) and
+    ``finish_reason``.
+    """
+
+    def __init__(
+        self,
+        engine: Any,
+        tokenizer: Any,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        max_new_tokens: int = 128,
+        stop: Sequence[str] = ("</action>",),
+        chat: bool = True,
+    ) -> None:
+        self.engine = engine
+        self.tokenizer = tokenizer
+        self.temperature = temperature
+        self.top_p = top_p
+        self.max_new_tokens = max_new_tokens
+        self.stop = tuple(stop)
+        self.chat = chat
+
+    def prompts(self, requests: Sequence[TurnRequest]) -> list[str]:
+        """The chat-formatted prompt text of each request."""
+        if not self.chat:
+            return [r.prompt for r in requests]
+        from hiper.protocol import chat_prompt
+
+        return [chat_prompt(self.tokenizer, r.prompt) for r in requests]
+
+    def act_with_extras(self, requests: Sequence[TurnRequest]) -> tuple[dict[int, str], dict[int, dict[str, Any]]]:
+        if not requests:
+            return {}, {}
+        outputs = self.engine.generate(
+            self.prompts(requests),
+            temperature=self.temperature,
+            top_p=self.top_p,
+            max_new_tokens=self.max_new_tokens,
+            stop=self.stop,
+        )
+        responses, extras = {}, {}
+        for r, o in zip(requests, outputs):
+            responses[r.slot] = o.text
+            extras[r.slot] = {
+                "prompt_ids": o.prompt_ids,
+                "response_ids": o.response_ids,
+                "logprobs": o.logprobs,
+                "finish_reason": o.finish_reason,
+            }
+        return responses, extras
+
+    def act(self, requests: Sequence[TurnRequest]) -> dict[int, str]:
+        return self.act_with_extras(requests)[0]
+
+
+__all__ = ["BasePolicy", "EnginePolicy", "ExpertPolicy", "Policy", "RandomPolicy"]
