@@ -1,0 +1,172 @@
+"""Flat baselines on the padded layout ``[N, T]`` (spec §4.3): turn-level GAE, GRPO, RLOO, GiGPO.
+
+All take already-shaped rewards (``shape_rewards``) and are vectorised: group statistics are ``index_add_``
+scatters over ``torch.unique`` group ids, returns-to-go are one reverse linear recurrence over T.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from hiper.advantage.config import GAEConfig, GiGPOConfig, GRPOConfig
+from hiper.advantage.hae import linear_recurrence_reverse
+from hiper.advantage.layout import check_dones, check_turn_tensors, last_turn_mask
+
+Tensor = torch.Tensor
+
+
+def turn_gae(
+    rewards: Tensor, dones: Tensor, v_turn: Tensor, turn_mask: Tensor, config: GAEConfig
+) -> tuple[Tensor, Tensor]:
+    """Flat turn-level GAE (official ``turn_gae``; one value per turn read at response position 0).
+
+    delta_t = r_t + g (1-d_t) V_{t+1} - V_t,  A_t = delta_t + g lam (1-d_t) A_{t+1}; a truncated last turn
+    bootstraps from its own V_t if ``bootstrap_truncated`` else 0.
+
+    Args:
+        rewards, v_turn: ``[N, T]`` float; dones, turn_mask: ``[N, T]`` bool.
+
+    Returns:
+        ``(adv, ret)`` raw advantages and critic targets ``A + V``, ``[N, T]``, 0 on padding.
+    """
+    check_turn_tensors(turn_mask, rewards=rewards, dones=dones, v_turn=v_turn)
+    check_dones(dones, turn_mask)
+    zeros = torch.zeros_like(rewards)
+    valid = turn_mask
+    v = torch.where(valid, v_turn, zeros)
+    last = last_turn_mask(valid)
+    not_done = (~(dones & valid)).to(rewards.dtype)
+    v_next = torch.empty_like(v)
+    v_next[:, :-1] = v[:, 1:]
+    v_next[:, -1] = 0.0
+    truncated = v if config.bootstrap_truncated else zeros
+    v_next = torch.where(last, truncated, v_next)
+    delta = torch.where(valid, rewards + config.gamma * not_done * v_next - v, zeros)
+    chain = (config.gamma * config.lam) * not_done * (valid & ~last).to(rewards.dtype)
+    adv = linear_recurrence_reverse(delta, chain)
+    return adv, torch.where(valid, adv + v, zeros)
+
+
+def returns_to_go(rewards: Tensor, turn_mask: Tensor, gamma: float) -> Tensor:
+    """G_t = sum_{j >= t} gamma^(j-t) r_j within each trajectory, ``[N, T]`` (0 on padding), no bootstrap."""
+    valid = turn_mask
+    r = torch.where(valid, rewards, torch.zeros_like(rewards))
+    chain = gamma * (valid & ~last_turn_mask(valid)).to(rewards.dtype)
+    return linear_recurrence_reverse(r, chain)
+
+
+def group_mean_std(values: Tensor, keys: Tensor, weights: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Weighted group statistics broadcast back to the items.
+
+    Args:
+        values: ``[M]`` float.
+        keys: ``[M]`` long group ids, or ``[M, k]`` long composite keys (rows compared whole).
+        weights: ``[M]`` float multiplicity of each item (0 excludes it).
+
+    Returns:
+        ``(mean, std, count)`` each ``[M]``: the group's weighted mean, unbiased std
+        (sqrt(sum w (x - mean)^2 / (n - 1)), 0 when n <= 1) and total weight n.
+    """
+    _, inverse = torch.unique(keys, dim=0 if keys.dim() == 2 else None, return_inverse=True)
+    n_groups = int(inverse.max()) + 1 if inverse.numel() else 0
+    w = weights.to(values.dtype)
+    count = torch.zeros(n_groups, dtype=values.dtype, device=values.device).index_add_(0, inverse, w)
+    total = torch.zeros_like(count).index_add_(0, inverse, w * values)
+    mean = total / count.clamp_min(1e-12)
+    dev = values - mean[inverse]
+    sq = torch.zeros_like(count).index_add_(0, inverse, w * dev * dev)
+    std = torch.sqrt(sq / (count - 1).clamp_min(1.0)) * (count > 1)
+    return mean[inverse], std[inverse], count[inverse]
+
+
+def episode_group_advantage(
+    rewards: Tensor,
+    turn_mask: Tensor,
+    group: Tensor,
+    *,
+    norm_by_std: bool,
+    eps: float,
+    group_stats: str = "trajectory",
+) -> Tensor:
+    """GRPO's group-normalised episode return (spec §4.3), one value per trajectory ``[N]``.
+
+    A_i = (R_i - mean_g) / (std_g + eps) (or R_i - mean_g without ``norm_by_std``), R_i = sum_t r_t, mean / unbiased
+    std over the group (each trajectory weighted 1, or by its number of turns with ``group_stats="turn"``). A group
+    with a single member (total weight 1) gets mean 0 and std 1, i.e. A_i = R_i (verl's rule). Empty trajectories
+    get 0.
+    """
+    if group.shape != turn_mask.shape[:1] or group.dtype.is_floating_point or group.dtype == torch.bool:
+        raise ValueError(f"group must be a [N] integer tensor, got {group.dtype} {tuple(group.shape)}")
+    valid = turn_mask
+    episode_return = torch.where(valid, rewards, torch.zeros_like(rewards)).sum(dim=1)
+    n_turns = valid.sum(dim=1).to(rewards.dtype)
+    nonempty = (n_turns > 0).to(rewards.dtype)
+    weights = n_turns if group_stats == "turn" else nonempty
+    mean, std, count = group_mean_std(episode_return, group.long(), weights)
+    singleton = count <= 1
+    mean = torch.where(singleton, torch.zeros_like(mean), mean)
+    std = torch.where(singleton, torch.ones_like(std), std)
+    adv = (episode_return - mean) / (std + eps) if norm_by_std else episode_return - mean
+    return adv * nonempty
+
+
+def grpo(rewards: Tensor, turn_mask: Tensor, group: Tensor, config: GRPOConfig) -> Tensor:
+    """GRPO advantage per trajectory ``[N]`` (see ``episode_group_advantage``)."""
+    return episode_group_advantage(
+        rewards,
+        turn_mask,
+        group,
+        norm_by_std=config.norm_by_std,
+        eps=config.eps,
+        group_stats=config.group_stats,
+    )
+
+
+def rloo(rewards: Tensor, turn_mask: Tensor, group: Tensor) -> Tensor:
+    """RLOO advantage per trajectory ``[N]``: A_i = R_i - mean_{j != i in group} R_j = n/(n-1) (R_i - mean_g).
+
+    A single-member group has no baseline: A_i = R_i. Empty trajectories get 0.
+    """
+    if group.shape != turn_mask.shape[:1] or group.dtype.is_floating_point or group.dtype == torch.bool:
+        raise ValueError(f"group must be a [N] integer tensor, got {group.dtype} {tuple(group.shape)}")
+    episode_return = torch.where(turn_mask, rewards, torch.zeros_like(rewards)).sum(dim=1)
+    nonempty = turn_mask.any(dim=1).to(rewards.dtype)
+    mean, _, count = group_mean_std(episode_return, group.long(), nonempty)
+    scale = torch.where(count > 1, count / (count - 1).clamp_min(1.0), torch.ones_like(count))
+    baseline = torch.where(count > 1, mean, torch.zeros_like(mean))
+    return scale * (episode_return - baseline) * nonempty
+
+
+def gigpo(rewards: Tensor, turn_mask: Tensor, group: Tensor, state_id: Tensor, config: GiGPOConfig) -> Tensor:
+    """GiGPO per-turn advantage ``[N, T]`` (GiGPO paper Eq. 3-8; spec §4.3).
+
+    A_{i,t} = A^E_i + w * A^S_{i,t}. A^E is the episode-level group advantage (``episode_group_advantage``; std
+    division only in ``mean_std_norm``). A^S: turns of the same group with the same ``state_id`` (anchor state, e.g.
+    the hashed exact observation text) form a step group; G_{i,t} is the discounted return-to-go with
+    ``config.gamma``; A^S = G - mean_sg (divided by the unbiased std_sg + eps in ``mean_std_norm``). A singleton step
+    group gets A^S = 0.
+
+    Args:
+        rewards: ``[N, T]`` float shaped rewards; turn_mask ``[N, T]`` bool; group ``[N]`` long;
+        state_id: ``[N, T]`` long anchor-state id per turn (compared only within a group).
+    """
+    if state_id.shape != turn_mask.shape or state_id.dtype.is_floating_point or state_id.dtype == torch.bool:
+        raise ValueError(f"state_id must be an integer tensor of shape {tuple(turn_mask.shape)}")
+    norm = config.mode == "mean_std_norm"
+    episode = episode_group_advantage(
+        rewards, turn_mask, group, norm_by_std=norm, eps=config.eps, group_stats=config.group_stats
+    )
+    step_return = returns_to_go(rewards, turn_mask, config.gamma)
+    traj_of_turn = group.long().unsqueeze(1).expand_as(state_id)
+    keys = torch.stack((traj_of_turn[turn_mask], state_id.long()[turn_mask]), dim=1)  # [M, 2]
+    values = step_return[turn_mask]
+    adv = torch.zeros_like(rewards)
+    if values.numel():
+        mean, std, count = group_mean_std(values, keys, torch.ones_like(values))
+        singleton = count <= 1
+        step = values - mean
+        if norm:
+            step = step / (torch.where(singleton, torch.ones_like(std), std) + config.eps)
+        step = torch.where(singleton, torch.zeros_like(step), step)
+        adv[turn_mask] = step * config.step_advantage_w
+    return torch.where(turn_mask, adv + episode.unsqueeze(1), torch.zeros_like(adv))
