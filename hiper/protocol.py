@@ -123,6 +123,8 @@ _FAST = re.compile(
 _TAG = re.compile(r"<(/?)(switch|subgoal|action)>", re.IGNORECASE)
 # Chinese/Japanese/Korean scripts and CJK punctuation (the official check is [\u4e00-\u9fff] only).
 _CJK = re.compile("[\u3000-\u303f\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff]")
+_new = object.__new__
+_setattr = object.__setattr__
 _LENIENT_ONLY = frozenset({"text_outside_blocks", "tag_case", "switch_case"})
 
 
@@ -138,22 +140,31 @@ def parse_response(text: str, strict: bool = False) -> ParsedResponse:
         text = "" if text is None else str(text)
     m = _FAST.match(text)
     if m is not None:
-        subgoal = m.group(4).strip()
-        action = m.group(6).strip().lower()
-        if subgoal and action and _CJK.search(text) is None:
-            switch = Switch.KEEP if m.group(2) == "KEEP" else Switch.SWITCH
-            return ParsedResponse(
-                text,
-                switch,
-                subgoal,
-                action,
-                True,
-                (),
-                switch is Switch.SWITCH,
-                m.span(1),
-                m.span(3),
-                m.span(5),
+        regs = m.regs  # all group spans in one call: (whole, switch block, value, subgoal block, ..., action)
+        subgoal = text[regs[4][0] : regs[4][1]].strip()
+        action = text[regs[6][0] : regs[6][1]].strip().lower()
+        if subgoal and action and (text.isascii() or _CJK.search(text) is None):
+            is_switch = regs[2][1] - regs[2][0] == 6  # "SWITCH" (the regex admits only KEEP or SWITCH)
+            # hot path (thousands of responses per batch): fill the frozen dataclass without its __init__
+            obj = _new(ParsedResponse)
+            _setattr(
+                obj,
+                "__dict__",
+                {
+                    "text": text,
+                    "switch": Switch.SWITCH if is_switch else Switch.KEEP,
+                    "subgoal": subgoal,
+                    "action": action,
+                    "valid": True,
+                    "errors": (),
+                    "is_boundary": is_switch,
+                    "switch_span": regs[1],
+                    "subgoal_span": regs[3],
+                    "action_span": regs[5],
+                    "warnings": (),
+                },
             )
+            return obj
     return _parse_slow(text, strict)
 
 
