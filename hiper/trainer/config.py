@@ -295,6 +295,7 @@ class TrainerSection:
         logger: backends among ``console``, ``jsonl``, ``tensorboard``, ``wandb``.
         project_name / experiment_name: names for the run (wandb project, run name).
         resume: null (fresh run), ``auto`` (latest checkpoint in ``output_dir`` if any) or a checkpoint dir.
+        device: torch device for the models: ``cpu``, ``cuda``, ``cuda:N`` (presets for 1.5B/7B: ``cuda``).
     """
 
     total_iterations: int = 20
@@ -305,6 +306,7 @@ class TrainerSection:
     project_name: str = "hiper"
     experiment_name: str = "cpu_demo"
     resume: str | None = None
+    device: str = "cpu"
 
 
 @dataclass
@@ -753,6 +755,13 @@ def validate_config(cfg: HiperConfig) -> None:
             "trainer.logger lists tensorboard but it is not installed: pip install "
             "'hiper[logging]' or drop it, e.g. trainer.logger=[console,jsonl]",
         )
+    _check(re.fullmatch(r"cpu|cuda(:\d+)?|mps", tr.device) is not None,
+           f"trainer.device={tr.device!r} is not a device: use cpu, cuda, cuda:N or mps")
+    if tr.device.startswith("cuda"):
+        import torch
+
+        _check(torch.cuda.is_available(), f"trainer.device={tr.device} but CUDA is not available here: "
+               "set trainer.device=cpu")
     if tr.resume not in (None, "auto"):
         _check(
             os.path.isdir(tr.resume),

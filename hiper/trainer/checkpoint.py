@@ -1,0 +1,382 @@
+"""Atomic, resumable checkpoints.
+
+Layout (``<output_dir>/checkpoints/``)::
+
+    iter_000010/
+        policy/             HF ``save_pretrained`` folder + tokenizer (``hiper eval --policy <this dir>``)
+        critic/             ``save_pretrained`` folder if the module has one, else ``state_dict.pt``
+        trainer_state.pt    iteration, optimizer + scheduler states, RNG streams, ``extra`` (sampler position...)
+        config.yaml         the resolved run config
+    latest                  one line: the name of the newest complete checkpoint folder
+
+Writes are atomic: everything goes to ``iter_000010.tmp-<pid>/`` first and is renamed into place with
+``os.replace``; ``latest`` is rewritten the same way. A crash at any point leaves the previous checkpoint
+and the ``latest`` pointer intact (a leftover ``*.tmp-<pid>`` folder of a dead process is removed by the
+next save). Only the last ``keep`` ``iter_*`` checkpoints are kept; other names (e.g. ``best``) are never
+pruned.
+
+``trainer_state.pt`` is a pickle (``torch.save``); load checkpoints you trust, like any pickle.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import re
+import shutil
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+CHECKPOINTS = "checkpoints"
+LATEST = "latest"
+TRAINER_STATE = "trainer_state.pt"
+CONFIG_FILE = "config.yaml"
+STATE_DICT_FILE = "state_dict.pt"
+FORMAT_VERSION = 1
+_ITER_RE = re.compile(r"^iter_(\d+)$")
+_TMP_RE = re.compile(r"^(?P<name>.+)\.(?:tmp|old)-(?P<pid>\d+)$")
+
+
+# ----------------------------------------------------------------------------------------------
+# RNG streams
+# ----------------------------------------------------------------------------------------------
+
+
+def capture_rng_state(generators: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Snapshot every RNG stream: python ``random``, numpy's global RNG, torch CPU (+ all CUDA devices),
+    and each named generator in ``generators`` (``torch.Generator``, ``numpy.random.Generator`` or
+    ``random.Random``). Restore with :func:`restore_rng_state`; draws after the restore equal the draws
+    made after the capture.
+    """
+    state: dict[str, Any] = {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+        "generators": {},
+    }
+    for name, gen in (generators or {}).items():
+        state["generators"][name] = _generator_state(gen, name)
+    return state
+
+
+def _generator_state(gen: Any, name: str) -> Any:
+    if isinstance(gen, torch.Generator):
+        return {"kind": "torch", "state": gen.get_state()}
+    if isinstance(gen, np.random.Generator):
+        return {"kind": "numpy", "state": gen.bit_generator.state}
+    if isinstance(gen, random.Random):
+        return {"kind": "python", "state": gen.getstate()}
+    raise TypeError(f"generator {name!r} is a {type(gen).__name__}; expected torch.Generator, "
+                    "numpy.random.Generator or random.Random")
+
+
+def restore_rng_state(state: Mapping[str, Any], generators: Mapping[str, Any] | None = None) -> None:
+    """Restore the streams captured by :func:`capture_rng_state` (global ones and each named generator).
+
+    Every generator in ``generators`` must be in ``state`` (KeyError otherwise); CUDA states are restored
+    when CUDA is available with the same device count.
+    """
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    cuda = state.get("cuda")
+    if cuda is not None and torch.cuda.is_available() and torch.cuda.device_count() == len(cuda):
+        torch.cuda.set_rng_state_all(cuda)
+    saved = state.get("generators", {})
+    for name, gen in (generators or {}).items():
+        if name not in saved:
+            raise KeyError(f"generator {name!r} is not in the checkpoint's RNG state (saved: {sorted(saved)})")
+        entry = saved[name]
+        kind = _generator_state(gen, name)["kind"]
+        if entry["kind"] != kind:
+            raise TypeError(f"generator {name!r} was saved as {entry['kind']}, restoring into {kind}")
+        if kind == "torch":
+            gen.set_state(entry["state"])
+        elif kind == "numpy":
+            gen.bit_generator.state = entry["state"]
+        else:
+            gen.setstate(entry["state"])
+
+
+# ----------------------------------------------------------------------------------------------
+# Paths
+# ----------------------------------------------------------------------------------------------
+
+
+def checkpoint_root(output_dir: str | os.PathLike[str]) -> Path:
+    """``<output_dir>/checkpoints``."""
+    return Path(output_dir) / CHECKPOINTS
+
+
+def checkpoint_name(iteration: int) -> str:
+    """``iter_000010`` for iteration 10 (zero-padded so names sort by iteration)."""
+    return f"iter_{int(iteration):06d}"
+
+
+def list_checkpoints(output_dir: str | os.PathLike[str]) -> list[Path]:
+    """Complete ``iter_*`` checkpoints of a run, oldest first."""
+    root = checkpoint_root(output_dir)
+    if not root.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in root.iterdir() if p.is_dir() and (m := _ITER_RE.match(p.name))
+             and (p / TRAINER_STATE).is_file()]
+    return [p for _, p in sorted(found)]
+
+
+def latest_checkpoint(output_dir: str | os.PathLike[str]) -> Path | None:
+    """The checkpoint named by ``<output_dir>/checkpoints/latest`` (else the newest ``iter_*``), or None."""
+    root = checkpoint_root(output_dir)
+    pointer = root / LATEST
+    if pointer.is_file():
+        target = root / pointer.read_text().strip()
+        if (target / TRAINER_STATE).is_file():
+            return target
+    found = list_checkpoints(output_dir)
+    return found[-1] if found else None
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _remove_stale_tmp(root: Path) -> None:
+    """Remove ``*.tmp-<pid>`` / ``*.old-<pid>`` leftovers of processes that no longer run."""
+    for p in root.iterdir():
+        m = _TMP_RE.match(p.name)
+        if m and not _pid_alive(int(m.group("pid"))):
+            if p.is_dir():
+                shutil.rmtree(p, ignore_errors=True)
+            else:
+                p.unlink(missing_ok=True)
+
+
+def _write_pointer(root: Path, name: str) -> None:
+    tmp = root / f"{LATEST}.tmp-{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as fh:
+        fh.write(name + "\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, root / LATEST)
+
+
+# ----------------------------------------------------------------------------------------------
+# Save / load
+# ----------------------------------------------------------------------------------------------
+
+
+def _save_model(model: nn.Module, folder: Path) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    if hasattr(model, "save_pretrained"):
+        model.save_pretrained(str(folder))
+    else:
+        torch.save(model.state_dict(), folder / STATE_DICT_FILE)
+
+
+def _load_model(model: nn.Module, folder: Path) -> None:
+    """Load parameters saved by :func:`_save_model` into ``model`` (exact, incl. tied weights)."""
+    if (folder / STATE_DICT_FILE).is_file():
+        model.load_state_dict(torch.load(folder / STATE_DICT_FILE, map_location="cpu", weights_only=True))
+        return
+    if hasattr(model, "peft_config"):
+        from peft import set_peft_model_state_dict
+        from safetensors.torch import load_file
+
+        set_peft_model_state_dict(model, load_file(str(folder / "adapter_model.safetensors")))
+        return
+    from safetensors.torch import load_file
+
+    files = sorted(folder.glob("*.safetensors"))
+    if not files:
+        raise FileNotFoundError(f"no {STATE_DICT_FILE} or *.safetensors in {folder}")
+    loaded: dict[str, torch.Tensor] = {}
+    for f in files:
+        loaded.update(load_file(str(f)))
+    result = model.load_state_dict(loaded, strict=False)
+    if result.unexpected_keys:
+        raise RuntimeError(f"{folder}: unexpected parameters {result.unexpected_keys[:5]}")
+    # save_pretrained drops tied copies (lm_head = embed_tokens); anything else missing is an error
+    current = model.state_dict()
+    loaded_ptrs = {current[k].data_ptr() for k in loaded if k in current}
+    untied = [k for k in result.missing_keys if current[k].data_ptr() not in loaded_ptrs]
+    if untied:
+        raise RuntimeError(f"{folder}: parameters missing from the checkpoint: {untied[:5]}")
+
+
+def save_checkpoint(
+    output_dir: str | os.PathLike[str],
+    *,
+    iteration: int,
+    models: Mapping[str, nn.Module],
+    optimizers: Mapping[str, torch.optim.Optimizer] | None = None,
+    schedulers: Mapping[str, Any] | None = None,
+    rng: Mapping[str, Any] | None = None,
+    extra: Mapping[str, Any] | None = None,
+    tokenizer: Any = None,
+    config: Any = None,
+    keep: int = 3,
+    name: str | None = None,
+    update_latest: bool = True,
+) -> Path:
+    """Write a checkpoint atomically to ``<output_dir>/checkpoints/<name>`` and return its path.
+
+    Args:
+        output_dir: the run folder.
+        iteration: the number of completed iterations (stored; the default ``name`` is ``iter_<iteration>``).
+        models: ``{"policy": model, "critic": value_model, ...}``; each goes to its own sub-folder
+            (``save_pretrained`` when the module has it, else ``state_dict.pt``).
+        optimizers / schedulers: objects with ``state_dict()``, stored in ``trainer_state.pt``.
+        rng: output of :func:`capture_rng_state`; None captures the global streams now.
+        extra: anything picklable the trainer needs to resume (task-sampler position, best metric...).
+        tokenizer: saved into ``policy/`` (so it is a complete HF folder).
+        config: a ``HiperConfig`` (or a dict) written as ``config.yaml``.
+        keep: keep the last ``keep`` ``iter_*`` checkpoints (0 = all).
+        name: folder name (e.g. ``"best"``); such checkpoints are never pruned.
+        update_latest: point ``latest`` at this checkpoint.
+    """
+    root = checkpoint_root(output_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    _remove_stale_tmp(root)
+    name = name or checkpoint_name(iteration)
+    final = root / name
+    tmp = root / f"{name}.tmp-{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    try:
+        tmp.mkdir()
+        for model_name, model in models.items():
+            _save_model(model, tmp / model_name)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(str(tmp / "policy"))
+        if config is not None:
+            _save_config(config, tmp / CONFIG_FILE)
+        state = {
+            "format": FORMAT_VERSION,
+            "iteration": int(iteration),
+            "models": sorted(models),
+            "optimizers": {k: v.state_dict() for k, v in (optimizers or {}).items()},
+            "schedulers": {k: v.state_dict() for k, v in (schedulers or {}).items()},
+            "rng": dict(rng) if rng is not None else capture_rng_state(),
+            "extra": dict(extra or {}),
+        }
+        # written last: a folder with trainer_state.pt is complete
+        torch.save(state, tmp / TRAINER_STATE)
+        old = None
+        if final.exists():
+            old = root / f"{name}.old-{os.getpid()}"
+            os.replace(final, old)
+        os.replace(tmp, final)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if update_latest:
+        _write_pointer(root, name)
+    if keep > 0:
+        _prune(output_dir, keep)
+    return final
+
+
+def _save_config(config: Any, path: Path) -> None:
+    if hasattr(config, "to_dict"):
+        from hiper.trainer.config import save_resolved
+
+        save_resolved(config, path)
+    else:
+        import yaml
+
+        path.write_text(yaml.safe_dump(dict(config), sort_keys=False))
+
+
+def _prune(output_dir: str | os.PathLike[str], keep: int) -> None:
+    """Delete all but the newest ``keep`` ``iter_*`` checkpoints (never the one ``latest`` names)."""
+    current = latest_checkpoint(output_dir)
+    found = list_checkpoints(output_dir)
+    for path in found[: max(0, len(found) - keep)]:
+        if current is not None and path.resolve() == current.resolve():
+            continue
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def load_checkpoint(
+    ckpt_dir: str | os.PathLike[str],
+    *,
+    models: Mapping[str, nn.Module] | None = None,
+    optimizers: Mapping[str, torch.optim.Optimizer] | None = None,
+    schedulers: Mapping[str, Any] | None = None,
+    generators: Mapping[str, Any] | None = None,
+    restore_rng: bool = False,
+) -> dict[str, Any]:
+    """Read a checkpoint; optionally restore it into live objects.
+
+    Args:
+        ckpt_dir: a checkpoint folder, or a run folder (its latest checkpoint is used).
+        models / optimizers / schedulers: restore parameters / states into these (by name).
+        generators: named generators for :func:`restore_rng_state`.
+        restore_rng: restore the global RNG streams (and ``generators``).
+
+    Returns:
+        ``{"path", "iteration", "extra", "rng", "optimizers", "schedulers", "models", "config"}`` where
+        ``optimizers``/``schedulers`` are the raw state dicts, ``models`` maps each saved model name to its
+        folder, and ``config`` is the saved config dict (or None).
+    """
+    path = Path(ckpt_dir)
+    if not (path / TRAINER_STATE).is_file():
+        latest = latest_checkpoint(path)
+        if latest is None:
+            raise FileNotFoundError(f"{path} is neither a checkpoint (no {TRAINER_STATE}) nor a run with checkpoints")
+        path = latest
+    state = torch.load(path / TRAINER_STATE, map_location="cpu", weights_only=False)
+    for model_name, model in (models or {}).items():
+        folder = path / model_name
+        if not folder.is_dir():
+            raise FileNotFoundError(f"checkpoint {path} has no {model_name!r} (saved: {state.get('models')})")
+        _load_model(model, folder)
+    for kind, objs in (("optimizers", optimizers), ("schedulers", schedulers)):
+        for obj_name, obj in (objs or {}).items():
+            if obj_name not in state[kind]:
+                raise KeyError(f"checkpoint {path} has no {kind[:-1]} {obj_name!r} (saved: {sorted(state[kind])})")
+            obj.load_state_dict(state[kind][obj_name])
+    if restore_rng or generators:
+        restore_rng_state(state["rng"], generators)
+    config = None
+    if (path / CONFIG_FILE).is_file():
+        from hiper.trainer.config import parse_yaml
+
+        config = parse_yaml((path / CONFIG_FILE).read_text())
+    return {
+        "path": path,
+        "iteration": state["iteration"],
+        "extra": state["extra"],
+        "rng": state["rng"],
+        "optimizers": state["optimizers"],
+        "schedulers": state["schedulers"],
+        "models": {m: path / m for m in state.get("models", [])},
+        "config": config,
+    }
+
+
+__all__ = [
+    "capture_rng_state",
+    "checkpoint_name",
+    "checkpoint_root",
+    "latest_checkpoint",
+    "list_checkpoints",
+    "load_checkpoint",
+    "restore_rng_state",
+    "save_checkpoint",
+]
