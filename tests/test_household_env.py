@@ -182,3 +182,60 @@ def test_determinism_from_task_spec() -> None:
         env.reset(TaskSpec("household", "train", 11, 0))[0]
         != env.reset(TaskSpec("household", "valid_seen", 11, 0))[0]
     )
+
+
+def test_admissible_actions_always_do_something() -> None:
+    """Random walks: every admissible action changes or reports state (never 'Nothing happens.')."""
+    rng = random.Random(2)
+    for preset in PRESETS:
+        env = HouseholdEnv(difficulty=preset, max_steps=60)
+        for task in HouseholdEnv.tasks("train", n=40, seed=9):
+            _, info = env.reset(task)
+            done = False
+            while not done:
+                action = rng.choice(info["admissible"])
+                obs, reward, done, info = env.step(action)
+                assert obs != "Nothing happens." and obs
+                assert reward == (10.0 if info["won"] else 0.0)
+                check_info(info)
+
+
+def test_tiny_preset_is_small() -> None:
+    env = HouseholdEnv(difficulty="tiny")
+    rng = random.Random(4)
+    for task in HouseholdEnv.tasks("train", n=200):
+        obs, info = env.reset(task)
+        assert len(obs.split()) <= 60 and len(info["admissible"]) <= 15
+        done = False
+        while not done:
+            action = env.expert().action if rng.random() < 0.5 else rng.choice(info["admissible"])
+            obs, _, done, info = env.step(action)
+            assert len(obs.split()) <= 60 and len(info["admissible"]) <= 15
+
+
+def test_pickle_mid_episode_continues_identically() -> None:
+    """Envs travel to worker processes: a pickled copy continues exactly like the original."""
+    import pickle
+
+    env = HouseholdEnv()
+    env.reset(TaskSpec("household", "train", 42, 0))
+    for _ in range(3):
+        env.step(env.expert().action)
+    clone = pickle.loads(pickle.dumps(env))
+    while not env.done:
+        a = env.expert()
+        assert clone.expert() == a
+        assert env.step(a.action) == clone.step(a.action)
+
+
+def test_bench_runs() -> None:
+    import argparse
+
+    from hiper.bench import household_env
+
+    parser = argparse.ArgumentParser()
+    household_env.add_arguments(parser)
+    args = parser.parse_args(["--difficulty", "tiny", "--random-steps", "300", "--expert-episodes", "12"])
+    out = household_env.run(args)
+    assert out["random_steps"] == 300 and out["expert_success"] == 1.0
+    assert out["random_steps_per_s"] > 0 and out["expert_episodes_per_s"] > 0
