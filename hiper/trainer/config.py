@@ -402,18 +402,35 @@ def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", str(tp))
 
 
-def _did_you_mean(key: str, known: list[str]) -> str:
+def _did_you_mean(key: str, known: list[str], prefix: str = "") -> str:
     close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
-    return f"; did you mean {close[0]!r}?" if close else f"; known keys: {', '.join(known)}"
+    where = f"{prefix}." if prefix else ""
+    if close:
+        return f"; did you mean {where + close[0]!r}?"
+    return f"; known keys{' of ' + prefix if prefix else ''}: {', '.join(known)}"
 
 
-def _coerce(value: Any, tp: Any, key: str) -> Any:
-    """Check ``value`` against the type hint ``tp`` (int accepted for float); return the converted value."""
+def _example(default: Any) -> str:
+    """A default value written as an override value (for the fix hint of a type error)."""
+    if isinstance(default, bool):
+        return "true" if default else "false"
+    if default is None or isinstance(default, (dict, list)):
+        return yaml.safe_dump(default, default_flow_style=True, width=10**6).strip().removesuffix("...").strip()
+    return str(default)
+
+
+def _coerce(value: Any, tp: Any, key: str, default: Any = dataclasses.MISSING) -> Any:
+    """Check ``value`` against the type hint ``tp`` (int accepted for float); return the converted value.
+
+    ``default`` (the field's default) only feeds the ``e.g. key=<default>`` fix hint of error messages.
+    """
+    hint = "" if default is dataclasses.MISSING else f"; e.g. {key}={_example(default)}"
+    got = f"got {value!r} ({type(value).__name__}){hint}"
     if dataclasses.is_dataclass(tp):
         if value is None:
             value = {}
         if not isinstance(value, dict):
-            raise ConfigError(f"config key {key!r} must be a mapping of sub-keys, got {value!r}")
+            raise ConfigError(f"config key {key!r} is a section: give sub-keys such as {key}.<name>=..., got {value!r}")
         return _build(tp, value, key)
     origin = typing.get_origin(tp)
     if origin in (typing.Union, types.UnionType):
@@ -427,21 +444,19 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
                 return _coerce(value, arg, key)
             except ConfigError:
                 continue
-        raise ConfigError(
-            f"config key {key!r} must be {_type_name(tp)}, got {value!r} ({type(value).__name__})"
-        )
+        raise ConfigError(f"config key {key!r} must be {_type_name(tp)}, {got}")
     if origin is dict:
         if not isinstance(value, dict):
-            raise ConfigError(f"config key {key!r} must be a mapping, got {value!r} ({type(value).__name__})")
+            raise ConfigError(f"config key {key!r} must be a mapping, {got}")
         return dict(value)
     if origin is list:
         if isinstance(value, (str, int, float)) and not isinstance(value, bool):
             value = [value]  # ``trainer.logger=console`` means ``[console]``
         if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"config key {key!r} must be {_type_name(tp)}, got {value!r}")
+            raise ConfigError(f"config key {key!r} must be {_type_name(tp)}, {got}")
         (item_tp,) = typing.get_args(tp)
         return [_coerce(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value)]
-    bad = ConfigError(f"config key {key!r} must be {_type_name(tp)}, got {value!r} ({type(value).__name__})")
+    bad = ConfigError(f"config key {key!r} must be {_type_name(tp)}, {got}")
     if tp is bool:
         if not isinstance(value, bool):
             raise bad
@@ -456,7 +471,7 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise bad
         if not math.isfinite(value):
-            raise ConfigError(f"config key {key!r} must be a finite number, got {value!r}")
+            raise ConfigError(f"config key {key!r} must be a finite number, {got}")
         return float(value)
     if tp is str:
         if not isinstance(value, str):
@@ -471,13 +486,14 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
 
 def _build(cls: type, d: dict[str, Any], prefix: str) -> Any:
     hints = _hints(cls)
+    defaults = cls()
     names = [f.name for f in dataclasses.fields(cls)]
     kwargs = {}
     for key, value in d.items():
         full = f"{prefix}.{key}" if prefix else str(key)
         if key not in hints:
-            raise ConfigError(f"unknown config key {full!r}{_did_you_mean(str(key), names)}")
-        kwargs[key] = _coerce(value, hints[key], full)
+            raise ConfigError(f"unknown config key {full!r}{_did_you_mean(str(key), names, prefix)}")
+        kwargs[key] = _coerce(value, hints[key], full, getattr(defaults, key))
     return cls(**kwargs)
 
 
@@ -703,11 +719,14 @@ def validate_config(cfg: HiperConfig) -> None:
             f"algorithm.adv_estimator={est} needs a critic: set critic.enabled=true or choose "
             "algorithm.adv_estimator=grpo|rloo|gigpo",
         )
+    if est == "gae" and critic.enabled:
+        _check(critic.n_heads == 1, f"algorithm.adv_estimator=gae uses one value per turn: set critic.n_heads=1 "
+               f"(got {critic.n_heads})")
     if est in GROUP_ESTIMATORS:
         _check(
             env.group_size >= 2,
             f"algorithm.adv_estimator={est} compares rollouts of the same task: set "
-            "env.group_size>=2 (paper: 8) or choose algorithm.adv_estimator=hae|gae",
+            "env.group_size=8 (any value >= 2) or choose algorithm.adv_estimator=hae|gae",
         )
     if est == "hae" and critic.enabled:
         if hae.switch_mode == "code":
