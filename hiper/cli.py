@@ -14,7 +14,10 @@ import sys
 COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("hiper.trainer.cli_train", "train an agent (SFT warm start + RL); default: the CPU demo"),
     "sft": ("hiper.trainer.cli_sft", "behaviour cloning on expert trajectories rendered in the protocol"),
-    "eval": ("hiper.evaluate", "evaluate a policy (checkpoint, expert, random, oracle) on a fixed task panel"),
+    "eval": (
+        "hiper.evaluate",
+        "evaluate a policy (checkpoint, expert, random, oracle) on a fixed task panel",
+    ),
     "play": ("hiper.play", "type the model's part yourself, turn by turn"),
     "bench": ("hiper.bench", "benchmarks (advantage, env)"),
 }
@@ -22,7 +25,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
 
 def _top_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="hiper", description=__doc__.splitlines()[0])
-    p.add_argument("command", choices=sorted(COMMANDS), help="; ".join(f"{k}: {v[1]}" for k, v in COMMANDS.items()))
+    p.add_argument(
+        "command", choices=sorted(COMMANDS), help="; ".join(f"{k}: {v[1]}" for k, v in COMMANDS.items())
+    )
     return p
 
 
