@@ -99,7 +99,10 @@ def test_expert_solves_and_carries_subgoal() -> None:
     stats = episode_stats(trajs)
     assert stats["success"] == 1.0 and stats["n_episodes"] == 3 and stats["n_turns"] == 12
     assert stats["switch_rate"] == pytest.approx(6 / 12) and stats["invalid_rate"] == 0.0
-    assert stats["per_type"] == {"long": {"n": 2, "success": 1.0, "score": 1.0}, "short": {"n": 1, "success": 1.0, "score": 1.0}}
+    assert stats["per_type"] == {
+        "long": {"n": 2, "success": 1.0, "score": 1.0},
+        "short": {"n": 1, "success": 1.0, "score": 1.0},
+    }
 
 
 def test_only_active_envs_are_prompted() -> None:
@@ -136,7 +139,12 @@ def test_malformed_keep_inconsistent_and_inadmissible() -> None:
     assert rec.valid and rec.action == "fly away" and not rec.admissible_action
     assert batch.envs[0].received[-1] == "fly away"
     (traj,) = m.trajectories()
-    assert traj.n_invalid == 1 and traj.n_keep_inconsistent == 1 and traj.n_inadmissible == 2 and not traj.finished
+    assert (
+        traj.n_invalid == 1
+        and traj.n_keep_inconsistent == 1
+        and traj.n_inadmissible == 2
+        and not traj.finished
+    )
 
 
 def test_grouped_reset() -> None:
@@ -169,7 +177,10 @@ def test_history_and_injected_renderer() -> None:
     (traj,) = m.trajectories()
     assert traj.turns[0].prompt.startswith("household|You are 4 steps")
     # the history pairs are (observation before the step, executed action)
-    assert seen[3]["history"] == [(traj.turns[1].observation, traj.turns[1].action), (traj.turns[2].observation, traj.turns[2].action)]
+    assert seen[3]["history"] == [
+        (traj.turns[1].observation, traj.turns[1].action),
+        (traj.turns[2].observation, traj.turns[2].action),
+    ]
 
 
 def test_default_renderer_history_length() -> None:
@@ -197,7 +208,9 @@ def test_env_exception_is_recorded_not_raised() -> None:
     m = make_manager(env_kw={"fail_on": "wait"})
     m.reset(tasks(2))
     recs = m.step({0: format_response("SWITCH", "g", "wait"), 1: format_response("SWITCH", "g", "forward")})
-    assert recs[0].done and recs[0].truncated and recs[0].truncation_reason.startswith("env error: RuntimeError")
+    assert (
+        recs[0].done and recs[0].truncated and recs[0].truncation_reason.startswith("env error: RuntimeError")
+    )
     assert not recs[1].done and m.active_slots == [1]
     assert recs[0].task_type == "short"  # kept from the last good info
 

@@ -246,7 +246,9 @@ class InProcessBatch:
             try:
                 obs, reward, done, info = self.envs[slot].step(action)
             except Exception as exc:  # noqa: BLE001 -- recorded as a truncated episode, never swallowed silently
-                results[slot] = _error_result("", f"env error: {type(exc).__name__}: {exc}", self._last_info.get(slot))
+                results[slot] = _error_result(
+                    "", f"env error: {type(exc).__name__}: {exc}", self._last_info.get(slot)
+                )
                 continue
             self._last_info[slot] = info
             results[slot] = StepResult(obs=obs, reward=float(reward), done=bool(done), info=info)
@@ -382,7 +384,12 @@ class EnvManager:
         if len(results) != len(tasks):
             raise RuntimeError(f"batch env returned {len(results)} resets for {len(tasks)} tasks")
         self._slots = [
-            _Slot(task=task, group=None if group_ids is None else int(group_ids[i]), observation=obs, info=dict(info))
+            _Slot(
+                task=task,
+                group=None if group_ids is None else int(group_ids[i]),
+                observation=obs,
+                info=dict(info),
+            )
             for i, (task, (obs, info)) in enumerate(zip(tasks, results))
         ]
         return self.requests()
@@ -513,7 +520,10 @@ class EnvManager:
 
     def trajectories(self) -> list[Trajectory]:
         """One :class:`Trajectory` per slot, in slot order (finished or not)."""
-        return [Trajectory(task=s.task, slot=i, group=s.group, turns=list(s.turns)) for i, s in enumerate(self._slots)]
+        return [
+            Trajectory(task=s.task, slot=i, group=s.group, turns=list(s.turns))
+            for i, s in enumerate(self._slots)
+        ]
 
     def close(self) -> None:
         close = getattr(self.envs, "close", None)

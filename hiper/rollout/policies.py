@@ -26,7 +26,9 @@ class BasePolicy:
     def act(self, requests: Sequence[TurnRequest]) -> dict[int, str]:
         raise NotImplementedError
 
-    def act_with_extras(self, requests: Sequence[TurnRequest]) -> tuple[dict[int, str], dict[int, dict[str, Any]]]:
+    def act_with_extras(
+        self, requests: Sequence[TurnRequest]
+    ) -> tuple[dict[int, str], dict[int, dict[str, Any]]]:
         return self.act(requests), {}
 
 
@@ -126,7 +128,9 @@ class EnginePolicy(BasePolicy):
 
         return [chat_prompt(self.tokenizer, r.prompt) for r in requests]
 
-    def act_with_extras(self, requests: Sequence[TurnRequest]) -> tuple[dict[int, str], dict[int, dict[str, Any]]]:
+    def act_with_extras(
+        self, requests: Sequence[TurnRequest]
+    ) -> tuple[dict[int, str], dict[int, dict[str, Any]]]:
         if not requests:
             return {}, {}
         outputs = self.engine.generate(

@@ -1,0 +1,74 @@
+"""The generation-engine interface the rollout loop talks to.
+
+An engine turns a batch of prompts (chat-formatted text, or token ids) into one
+:class:`GenerationOutput` per prompt, in order. The loop (``hiper.rollout.policies.EnginePolicy`` +
+``hiper.envs.manager``) only uses this interface, so a vLLM (or any server) engine can replace
+:class:`~hiper.rollout.hf.HFEngine` without touching it.
+
+Log-probability convention (what PPO's ``old_log_probs`` need): ``GenerationOutput.logprobs[i]`` is
+``log_softmax(logits)[response_ids[i]]`` of the model's *raw* logits, i.e. at temperature 1 and
+without top-p truncation, the same number a teacher-forced forward pass of the same weights on
+``prompt_ids + response_ids`` gives. With ``temperature == 1`` and ``top_p == 1`` this is exactly the
+behaviour policy's log-prob. Otherwise the tokens were drawn from the tempered / truncated
+distribution and ``sampling_logprobs`` holds that distribution's log-prob of each token
+(``0.0`` for greedy decoding, where the sampling distribution is a point mass); importance ratios
+against the sampling distribution must use those.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol, runtime_checkable
+
+FinishReason = Literal["stop", "eos", "length"]
+
+
+@dataclass
+class GenerationOutput:
+    """One generated response.
+
+    ``prompt_ids``: the prompt's token ids (no padding). ``response_ids``: the generated token ids,
+    ending with the token that completed a stop string (``finish_reason="stop"``; that token is kept
+    whole, so ``text`` can run past the stop string by the rest of that token's characters, never by
+    another token), with the EOS token (``"eos"``), or after ``max_new_tokens`` (``"length"``).
+    ``logprobs``: one float per response token, natural log, raw model distribution (see the module
+    docstring); ``sampling_logprobs``: same length, under the distribution actually sampled from.
+    ``text``: ``response_ids`` decoded with special tokens skipped (what the env manager parses).
+    """
+
+    prompt_ids: list[int]
+    response_ids: list[int]
+    logprobs: list[float]
+    text: str
+    finish_reason: FinishReason
+    sampling_logprobs: list[float] = field(default_factory=list)
+
+
+@runtime_checkable
+class GenerationEngine(Protocol):
+    """Batched text generation with per-token log-probs.
+
+    ``generate`` returns outputs in prompt order. ``seed`` (optional) makes sampling reproducible for
+    a given engine, batch and weights. ``update_weights`` loads new policy weights (a state dict or a
+    module with ``state_dict()``) into engines that keep their own copy (vLLM); ``sync`` is called by
+    the trainer after each optimizer step and is a no-op for engines that share the training model.
+    """
+
+    def generate(
+        self,
+        prompts: Sequence[str] | Sequence[Sequence[int]],
+        *,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        max_new_tokens: int = 128,
+        stop: Sequence[str] = ("</action>",),
+        seed: int | None = None,
+    ) -> list[GenerationOutput]: ...
+
+    def update_weights(self, weights: Any) -> None: ...
+
+    def sync(self) -> None: ...
+
+
+__all__ = ["FinishReason", "GenerationEngine", "GenerationOutput"]
