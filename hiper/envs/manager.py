@@ -47,6 +47,17 @@ class BatchEnv(Protocol):
 # --------------------------------------------------------------------------------------------------
 
 
+def is_admissible(action: str, admissible: Sequence[str]) -> bool:
+    """``action`` is in ``admissible`` or fills one of its templates (``verb[<placeholder>]`` admits ``verb[...]``)."""
+    if action in admissible:
+        return True
+    for entry in admissible:
+        head, sep, rest = entry.partition("[<")
+        if sep and rest.endswith(">]") and action.startswith(head + "[") and action.endswith("]"):
+            return len(action) > len(head) + 2
+    return False
+
+
 @dataclass
 class TurnRecord:
     """One turn of one env: the prompt the policy saw, what it answered, and what the env did.
@@ -100,8 +111,11 @@ class TurnRecord:
 
     @property
     def admissible_action(self) -> bool:
-        """Whether the executed action string was in the admissible list (well-formed != admissible)."""
-        return self.action in self.admissible
+        """Whether the executed action matches the admissible list (well-formed != admissible).
+
+        A template entry such as WebShop's ``search[<your query>]`` admits any ``search[...]``.
+        """
+        return is_admissible(self.action, self.admissible)
 
     @property
     def state_key(self) -> str:
@@ -612,6 +626,7 @@ __all__ = [
     "TurnRequest",
     "episode_stats",
     "grouped",
+    "is_admissible",
     "make_batch",
     "run_episodes",
 ]

@@ -67,6 +67,8 @@ class ExpertPolicy(BasePolicy):
 class RandomPolicy(BasePolicy):
     """Uniformly random admissible action in a well-formed response (a floor for success rates).
 
+    A template action such as WebShop's ``search[<your query>]`` is filled with the task text.
+
     At turn 0 (no current subgoal) it SWITCHes; afterwards it SWITCHes with probability
     ``switch_prob`` to the subgoal ``"do: <action>"`` and otherwise KEEPs the current subgoal verbatim.
     Seeded, so the same requests in the same order give the same answers.
@@ -85,6 +87,9 @@ class RandomPolicy(BasePolicy):
         out = {}
         for r in requests:
             action = self.rng.choice(r.admissible) if r.admissible else "look"
+            head, sep, rest = action.partition("[<")
+            if sep and rest.endswith(">]"):  # a template such as search[<your query>]: use the task text
+                action = f"{head}[{r.task.strip() or 'item'}]"
             if r.current_subgoal is None or self.rng.random() < self.switch_prob:
                 out[r.slot] = format_response(switch.SWITCH, f"do: {action}", action)
             else:
