@@ -370,8 +370,56 @@ def load_checkpoint(
     }
 
 
+def policy_dir(path: str | os.PathLike[str]) -> Path:
+    """The HF policy folder of a checkpoint folder, a run folder (latest checkpoint) or the folder itself."""
+    path = Path(path)
+    if (path / "config.json").is_file():
+        return path
+    if (path / "policy" / "config.json").is_file():
+        return path / "policy"
+    latest = latest_checkpoint(path)
+    if latest is not None and (latest / "policy" / "config.json").is_file():
+        return latest / "policy"
+    raise FileNotFoundError(f"{path} holds no policy: expected an HF folder, a checkpoint or a run folder")
+
+
+def load_tokenizer_dir(folder: str | os.PathLike[str]) -> Any:
+    """Load a saved tokenizer exactly as it was saved (left padding, pad token set).
+
+    Why not ``AutoTokenizer``: transformers 5 maps ``model_type="qwen2"`` folders to ``Qwen2Tokenizer``, which
+    rebuilds its own pre-tokenizer from vocab + merges and so silently re-tokenizes a code-built tokenizer (the
+    CPU demo's) differently. ``tokenizer.json`` is loaded verbatim instead when present.
+    """
+    folder = Path(folder)
+    if (folder / "tokenizer.json").is_file():
+        from transformers import PreTrainedTokenizerFast
+
+        tok = PreTrainedTokenizerFast.from_pretrained(str(folder))
+    else:
+        from transformers import AutoTokenizer
+
+        tok = AutoTokenizer.from_pretrained(str(folder))
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    tok.padding_side = "left"
+    return tok
+
+
+def load_policy(path: str | os.PathLike[str], dtype: torch.dtype | None = None) -> tuple[nn.Module, Any]:
+    """``(model, tokenizer)`` from an HF folder, a checkpoint folder or a run folder (its latest checkpoint)."""
+    from transformers import AutoModelForCausalLM
+
+    folder = policy_dir(path)
+    kwargs = {"dtype": dtype} if dtype is not None else {}
+    model = AutoModelForCausalLM.from_pretrained(str(folder), **kwargs)
+    return model, load_tokenizer_dir(folder)
+
+
 __all__ = [
     "capture_rng_state",
+    "load_policy",
+    "load_tokenizer_dir",
+    "policy_dir",
     "checkpoint_name",
     "checkpoint_root",
     "latest_checkpoint",

@@ -1,0 +1,101 @@
+"""``hiper train`` / ``hiper sft`` glue: help, one-line config errors (exit 2), resolved config, resume."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from hiper import cli
+from hiper.trainer import cli_sft, cli_train
+from hiper.trainer.checkpoint import save_checkpoint
+from hiper.trainer.config import load_config
+
+
+def test_train_help(capsys):
+    with pytest.raises(SystemExit) as info:
+        cli.main(["train", "--help"])
+    assert info.value.code == 0
+    out = capsys.readouterr().out
+    assert "--config" in out and "--resume" in out and "key=value" in out and "alfworld_qwen2.5_1.5b" in out
+
+
+def test_sft_help(capsys):
+    with pytest.raises(SystemExit) as info:
+        cli.main(["sft", "--help"])
+    assert info.value.code == 0
+    assert "--resume" not in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("argv", "fragment"),
+    [
+        (["train", "actor.lr=abc"], "config key 'actor.lr' must be a number"),
+        (["train", "actor.lrr=1"], "did you mean 'actor.lr'"),
+        (["train", "--config", "no_such_preset"], "neither a YAML file nor a preset"),
+        (["train", "critic.enabled=false"], "set critic.enabled=true"),
+        (["train", "--resume", "/no/such/ckpt"], "trainer.resume='/no/such/ckpt' is not a checkpoint folder"),
+        (["sft", "env.name=nowhere"], "env.name='nowhere' is not allowed"),
+    ],
+)
+def test_bad_config_exits_2_with_one_line(argv, fragment, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(argv) == 2
+    captured = capsys.readouterr()
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"hiper {argv[0]}: error: ") and fragment in lines[0], lines
+    assert not (tmp_path / "runs").exists()  # nothing written for a bad config
+
+
+def test_print_config_is_the_resolved_yaml(capsys):
+    assert cli.main(["train", "--print-config", "-c", "cpu_demo", "env.max_steps=9", "--output-dir", "runs/x y"]) == 0
+    data = yaml.safe_load(capsys.readouterr().out)
+    assert data["env"]["max_steps"] == 9 and data["output_dir"] == "runs/x y"
+    assert load_config(None, ["env.max_steps=9", "output_dir=runs/x y"]).to_dict() == data
+
+
+def test_train_saves_config_and_calls_the_trainer(tmp_path, monkeypatch, capsys):
+    calls = {}
+
+    def fake_run(cfg, logger, resume_from):
+        calls.update(cfg=cfg, resume_from=resume_from)
+        for step in range(3):
+            logger.log({"train/success": step / 2}, step=step)
+
+    monkeypatch.setattr(cli_train, "run_training", fake_run)
+    out = tmp_path / "run"
+    assert cli.main(["train", "-o", str(out), "trainer.logger=[jsonl]", "actor.lr=1e-5"]) == 0
+    assert calls["cfg"].actor.lr == 1e-5 and calls["resume_from"] is None
+    assert load_config(str(out / "config.yaml"), []) == calls["cfg"]  # the resolved config is saved with the run
+    assert len((out / "metrics.jsonl").read_text().splitlines()) == 3
+    assert (out / "learning_curve.png").is_file()
+    assert "done" in capsys.readouterr().out
+
+
+def test_resume_latest_or_explicit(tmp_path, monkeypatch, capsys):
+    import torch
+
+    seen = []
+    monkeypatch.setattr(cli_train, "run_training", lambda cfg, logger, resume_from: seen.append(resume_from))
+    out = tmp_path / "run"
+    # --resume with no checkpoint yet: a fresh start, said on stderr; a following override is not eaten
+    assert cli.main(["train", "-o", str(out), "trainer.logger=[jsonl]", "--resume", "env.max_steps=5"]) == 0
+    assert seen[-1] is None and "starting fresh" in capsys.readouterr().err
+    assert load_config(str(out / "config.yaml"), []).env.max_steps == 5
+    ckpt = save_checkpoint(out, iteration=4, models={"critic": torch.nn.Linear(2, 2)})
+    assert cli.main(["train", "-o", str(out), "trainer.logger=[jsonl]", "--resume"]) == 0
+    assert seen[-1] == ckpt
+    assert cli.main(["train", "-o", str(out), "trainer.logger=[jsonl]", "--resume", str(ckpt)]) == 0
+    assert seen[-1] == ckpt
+
+
+def test_sft_saves_config_and_runs(tmp_path, monkeypatch):
+    seen = {}
+
+    def fake_sft(cfg, logger):
+        seen["cfg"] = cfg
+        return tmp_path / "run" / "checkpoints" / "sft"
+
+    monkeypatch.setattr(cli_sft, "run_sft", fake_sft)
+    assert cli.main(["sft", "-o", str(tmp_path / "run"), "trainer.logger=[jsonl]", "sft.epochs=1"]) == 0
+    assert seen["cfg"].sft.epochs == 1
+    assert (tmp_path / "run" / "config.yaml").is_file()
