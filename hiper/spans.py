@@ -272,8 +272,7 @@ def token_spans(
     safe = table.safe_ids(ids)
 
     # byte offsets of every token, whole batch at once; masked tokens have no bytes
-    lens = table.lengths[safe]
-    lens[~mask] = 0
+    lens = table.lengths[safe] * mask
     ends = np.cumsum(lens, axis=1)
     starts = ends - lens
     row_bytes = ends[:, -1] if width else np.zeros(n_rows, dtype=np.int64)
@@ -286,9 +285,13 @@ def token_spans(
     parsed: list[ParsedResponse] = []
     offsets = row_offset.tolist()
     empty = (0, 0)
+    # all-ASCII batch (the common case): decode once; char offsets are byte offsets
+    ascii_text = blob.decode("ascii") if blob.isascii() else None
     for r in range(n_rows):
-        raw = blob[offsets[r] : offsets[r + 1]]
-        text, char_to_byte = _decode_with_offsets(raw)
+        if ascii_text is not None:
+            text, char_to_byte = ascii_text[offsets[r] : offsets[r + 1]], None
+        else:
+            text, char_to_byte = _decode_with_offsets(blob[offsets[r] : offsets[r + 1]])
         p = parse_response(text, strict=strict)
         parsed.append(p)
         spans = (p.switch_span or empty) + (p.subgoal_span or empty) + (p.action_span or empty)
