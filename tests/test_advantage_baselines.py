@@ -12,7 +12,9 @@ from hiper.advantage import GiGPOConfig, GRPOConfig, ShapingConfig, gigpo, grpo,
 S, K = True, False
 
 
-def _padded(rows: list[list[float]], fill: float = 0.0, dtype=torch.float64) -> tuple[torch.Tensor, torch.Tensor]:
+def _padded(
+    rows: list[list[float]], fill: float = 0.0, dtype=torch.float64
+) -> tuple[torch.Tensor, torch.Tensor]:
     t_max = max(len(r) for r in rows)
     x = torch.full((len(rows), t_max), fill, dtype=dtype)
     mask = torch.zeros(len(rows), t_max, dtype=torch.bool)
@@ -63,7 +65,9 @@ def _gigpo_batch():
 
 def test_gigpo_mean_norm_golden():
     rewards, mask, group, state_id = _gigpo_batch()
-    adv = gigpo(rewards, mask, group, state_id, GiGPOConfig(gamma=0.5, step_advantage_w=1.0, mode="mean_norm"))
+    adv = gigpo(
+        rewards, mask, group, state_id, GiGPOConfig(gamma=0.5, step_advantage_w=1.0, mode="mean_norm")
+    )
     # episode: R = 8, 0, 4 -> A^E = 4, -4, 0; group 1 singleton -> 6
     # steps (gamma 0.5): G = [2, 4, 8], [0, 0], [2, 4], [6]
     # state 1 in group 0: {2, 0, 2}, mean 4/3; state 2: {4, 0}, mean 2; state 3: {8, 4}, mean 6; group 1: singleton
@@ -138,9 +142,13 @@ def test_invalid_consistency_and_floor_terms():
     t = shaped.terms
     torch.testing.assert_close(t["invalid"][0], torch.tensor([0.0, -0.1, 0.0, 0.0], dtype=torch.float64))
     # turn 0 never (no previous subgoal), turn 1 is a SWITCH, turn 2 a flagged KEEP, turn 3 not flagged
-    torch.testing.assert_close(t["keep_consistency"][0], torch.tensor([0.0, 0.0, -0.3, 0.0], dtype=torch.float64))
+    torch.testing.assert_close(
+        t["keep_consistency"][0], torch.tensor([0.0, 0.0, -0.3, 0.0], dtype=torch.float64)
+    )
     # switch rate = 1 flag / (T - 1 = 3) = 1/3 < 0.5 -> -6 * (0.5 - 1/3) = -1 on the last turn; T = 1 exempt
-    torch.testing.assert_close(t["switch_rate_floor"][0], torch.tensor([0.0, 0.0, 0.0, -1.0], dtype=torch.float64))
+    torch.testing.assert_close(
+        t["switch_rate_floor"][0], torch.tensor([0.0, 0.0, 0.0, -1.0], dtype=torch.float64)
+    )
     assert float(t["switch_rate_floor"][1, 0]) == 0.0
     torch.testing.assert_close(shaped.total[0], torch.tensor([0.0, -0.1, -0.3, 9.0], dtype=torch.float64))
     assert float(shaped.total[1, 0]) == pytest.approx(1.0)

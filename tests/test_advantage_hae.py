@@ -38,7 +38,9 @@ def test_worked_example_reproduces_every_value():
     torch.testing.assert_close(res.ret_low[0], res.adv_low[0] + vl)
     ah_seg1 = 10 - vh[2]
     ah_seg0 = (vh[2] - vh[0]) + 0.95 * (10 - vh[2])
-    torch.testing.assert_close(res.adv_high[0], torch.stack([ah_seg0, vh[0] * 0, ah_seg1, vh[0] * 0, vh[0] * 0]))
+    torch.testing.assert_close(
+        res.adv_high[0], torch.stack([ah_seg0, vh[0] * 0, ah_seg1, vh[0] * 0, vh[0] * 0])
+    )
     torch.testing.assert_close(res.ret_high[0, [0, 2]], torch.stack([ah_seg0 + vh[0], ah_seg1 + vh[2]]))
     expected_gt = torch.stack([vh[2], vh[2], vh[2] * 0 + 10, vh[2] * 0 + 10, vh[2] * 0 + 10])
     torch.testing.assert_close(res.ret_term[0], expected_gt)
@@ -120,7 +122,17 @@ def test_paper_mode_requires_beta_and_v_low_keep():
     with pytest.raises(ValueError, match="beta.*v_low_keep"):
         hae(rewards, dones, switch, VL, VH, VT, mask, HAEConfig(switch_mode="paper"))
     with pytest.raises(ValueError, match="missing: \\['v_low_keep'\\]"):
-        hae(rewards, dones, switch, VL, VH, VT, mask, HAEConfig(switch_mode="paper"), beta=torch.zeros(1, 5).double())
+        hae(
+            rewards,
+            dones,
+            switch,
+            VL,
+            VH,
+            VT,
+            mask,
+            HAEConfig(switch_mode="paper"),
+            beta=torch.zeros(1, 5).double(),
+        )
     with pytest.raises(ValueError, match="\\[0, 1\\]"):
         hae(rewards, dones, switch, VL, VH, VT, mask, HAEConfig(switch_mode="paper"),
             beta=torch.full((1, 5), 1.5).double(), v_low_keep=VL)  # fmt: skip
@@ -192,7 +204,9 @@ def test_single_segment_low_level_is_flat_gae_on_v_low():
     dones = last & (torch.rand(n, 1, generator=gen) < 0.5)
     rewards, VL, VH, VT = (torch.randn(n, t, generator=gen, dtype=torch.float64) for _ in range(4))
     switch = torch.zeros(n, t, dtype=torch.bool)
-    res = hae(rewards, dones, switch, VL, VH, VT, mask, HAEConfig(gamma=0.95, lam=0.9, bootstrap_truncated=True))
+    res = hae(
+        rewards, dones, switch, VL, VH, VT, mask, HAEConfig(gamma=0.95, lam=0.9, bootstrap_truncated=True)
+    )
     flat, _ = turn_gae(rewards, dones, VL, mask, GAEConfig(gamma=0.95, lam=0.9, bootstrap_truncated=True))
     torch.testing.assert_close(res.adv_low, flat)
 
@@ -200,7 +214,10 @@ def test_single_segment_low_level_is_flat_gae_on_v_low():
 @pytest.mark.parametrize(
     "mutate, match",
     [
-        (lambda a: a.__setitem__(1, torch.tensor([[True, False, False, False, True]])), "before the last valid turn"),
+        (
+            lambda a: a.__setitem__(1, torch.tensor([[True, False, False, False, True]])),
+            "before the last valid turn",
+        ),
         (lambda a: a.__setitem__(3, a[3][:, :4]), "shape"),
         (lambda a: a.__setitem__(2, a[2].float()), "bool"),
         (lambda a: a.__setitem__(0, a[0].long()), "floating-point"),

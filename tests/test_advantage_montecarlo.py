@@ -29,7 +29,9 @@ H_STEPS = 3
 BETA = np.array([[0.1, 0.6], [0.6, 0.1]])  # [s, o_prev] P(SWITCH)
 PI_O = np.array([[0.5, 0.5], [0.4, 0.6]])  # [s, o]
 PI_A = np.array([[[0.9, 0.1], [0.15, 0.85]], [[0.8, 0.2], [0.1, 0.9]]])  # [s, o, a]
-P = np.array([[[0.6, 0.2, 0.2], [0.2, 0.6, 0.2]], [[0.6, 0.2, 0.2], [0.2, 0.6, 0.2]]])  # [s, a, s'], 2 = terminal
+P = np.array(
+    [[[0.6, 0.2, 0.2], [0.2, 0.6, 0.2]], [[0.6, 0.2, 0.2], [0.2, 0.6, 0.2]]]
+)  # [s, a, s'], 2 = terminal
 R = np.array([[[3.0, 3.0, 10.0], [-1.0, -1.0, 0.0]], [[0.0, -2.0, -5.0], [2.0, 2.0, 8.0]]])  # [s, a, s']
 N_EPISODES = 150_000
 N_CELLS = 10  # the most populated conditioning cells of each check (bounds the multiple-comparison risk)
@@ -100,10 +102,14 @@ def _cell_z(adv: np.ndarray, true: np.ndarray, keys: np.ndarray) -> tuple[np.nda
     mean_err = np.bincount(cell, weights=err) / count
     mean_adv = np.bincount(cell, weights=adv) / count
     var = np.bincount(cell, weights=adv**2) / count - mean_adv**2
-    truth_spread = np.bincount(cell, weights=(true - np.bincount(cell, weights=true)[cell] / count[cell]) ** 2)
+    truth_spread = np.bincount(
+        cell, weights=(true - np.bincount(cell, weights=true)[cell] / count[cell]) ** 2
+    )
     assert np.all(truth_spread < 1e-12), "the true advantage must be constant within a cell"
     se = np.sqrt(np.maximum(var, 0.0) / count)
-    z = np.where(se > 1e-12, mean_err / np.maximum(se, 1e-300), np.where(np.abs(mean_err) < 1e-9, 0.0, np.inf))
+    z = np.where(
+        se > 1e-12, mean_err / np.maximum(se, 1e-300), np.where(np.abs(mean_err) < 1e-9, 0.0, np.inf)
+    )
     return z, count
 
 
@@ -195,7 +201,9 @@ def test_paper_switch_advantage_equals_true_switch_advantage(rollout):
 def test_flat_gae_with_pre_decision_value_is_unbiased(rollout):
     ro = rollout
     tt = torch.as_tensor
-    adv, _ = turn_gae(tt(ro["rewards"]), tt(ro["dones"]), tt(ro["v_term"]), tt(ro["mask"]), GAEConfig(lam=1.0))
+    adv, _ = turn_gae(
+        tt(ro["rewards"]), tt(ro["dones"]), tt(ro["v_term"]), tt(ro["mask"]), GAEConfig(lam=1.0)
+    )
     m = ro["mask"]
     rec = ro["rec"]
     keys = np.stack([ro["t"][m], rec["s"][m], rec["o_prev"][m] * (ro["t"][m] > 0), rec["q"][m]], axis=1)

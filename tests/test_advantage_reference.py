@@ -38,7 +38,9 @@ unit = st.one_of(st.sampled_from([0.0, 1.0]), st.floats(0.0, 1.0))
 gamma_st = st.one_of(st.just(1.0), st.floats(0.5, 1.0))
 
 
-def random_batch(seed: int, n_traj: int, t_max: int, p_switch: float, p_done: float, allow_empty: bool = True):
+def random_batch(
+    seed: int, n_traj: int, t_max: int, p_switch: float, p_done: float, allow_empty: bool = True
+):
     """A random padded batch: lengths in [0 or 1, t_max], dones only at last turns, float64 values."""
     gen = torch.Generator().manual_seed(seed)
     low = 0 if allow_empty else 1
@@ -113,10 +115,15 @@ def test_hae_paper_mode_matches_reference(batch, gamma, lam, lam_seg, bootstrap)
 def test_hae_float32_close_to_reference(batch):
     b = random_batch(**batch)
     cfg = HAEConfig(gamma=0.99, lam=0.95)
-    f32 = [b[k].float() for k in ("rewards",)] + [b["dones"], b["switch"]] + [b[k].float() for k in
-                                                                              ("v_low", "v_high", "v_term")]
+    f32 = (
+        [b[k].float() for k in ("rewards",)]
+        + [b["dones"], b["switch"]]
+        + [b[k].float() for k in ("v_low", "v_high", "v_term")]
+    )
     res = hae(*f32, b["mask"], cfg)
-    ref = reference_hae(b["rewards"], b["dones"], b["switch"], b["v_low"], b["v_high"], b["v_term"], b["mask"], cfg)
+    ref = reference_hae(
+        b["rewards"], b["dones"], b["switch"], b["v_low"], b["v_high"], b["v_term"], b["mask"], cfg
+    )
     for name in ("adv_low", "adv_high", "adv_term"):
         torch.testing.assert_close(getattr(res, name).double(), ref[name], atol=2e-4, rtol=1e-5)
 
@@ -168,8 +175,13 @@ def test_grpo_and_rloo_match_reference(batch, norm, stats):
 
 
 @settings(max_examples=500, deadline=None, derandomize=True)
-@given(batch=batch_st, gamma=gamma_st, w=st.sampled_from([0.0, 0.5, 1.0]),
-       mode=st.sampled_from(["mean_norm", "mean_std_norm"]), stats=st.sampled_from(["trajectory", "turn"]))
+@given(
+    batch=batch_st,
+    gamma=gamma_st,
+    w=st.sampled_from([0.0, 0.5, 1.0]),
+    mode=st.sampled_from(["mean_norm", "mean_std_norm"]),
+    stats=st.sampled_from(["trajectory", "turn"]),
+)
 def test_gigpo_matches_reference(batch, gamma, w, mode, stats):
     b = random_batch(**batch)
     cfg = GiGPOConfig(gamma=gamma, step_advantage_w=w, mode=mode, group_stats=stats)
@@ -183,7 +195,11 @@ def test_reference_is_independent_of_fast_path():
     import hiper.advantage.reference as ref
 
     source = open(ref.__file__).read()
-    for forbidden in ("from hiper.advantage.hae", "from hiper.advantage.baselines", "from hiper.advantage.shaping"):
+    for forbidden in (
+        "from hiper.advantage.hae",
+        "from hiper.advantage.baselines",
+        "from hiper.advantage.shaping",
+    ):
         assert forbidden not in source
     assert "linear_recurrence_reverse" not in source
 

@@ -141,7 +141,9 @@ def test_hae_estimator_output_contract():
                 "hae/mean_segment_length", "adv/action_mean", "adv/subgoal_std", "adv/switch_max",
                 "returns/high_mean"):  # fmt: skip
         assert key in out.metrics, key
-    assert out.metrics["hae/mean_segment_length"] == pytest.approx(float(mask.sum()) / float(res.boundary.sum()))
+    assert out.metrics["hae/mean_segment_length"] == pytest.approx(
+        float(mask.sum()) / float(res.boundary.sum())
+    )
     # norm_adv=False returns the raw advantages
     raw = get("hae")(inputs, HAEConfig(norm_adv=False, keep_penalty=-0.3, keep_consistency_penalty=-0.3,
                                        invalid_penalty=0.1))  # fmt: skip
@@ -184,7 +186,9 @@ def test_flat_estimator_keep_penalty_and_no_protocol():
     base = get("grpo")(inputs, GRPOConfig(norm_by_std=False))
     pen = get("grpo")(inputs, GRPOConfig(norm_by_std=False, keep_penalty=-1.0))
     keep_turns = (~inputs.switch & inputs.turn_mask).sum(dim=1).double()
-    assert torch.equal(pen.shaped_rewards.terms["keep"].sum(dim=1).double(), -keep_turns)  # fixed mode default
+    assert torch.equal(
+        pen.shaped_rewards.terms["keep"].sum(dim=1).double(), -keep_turns
+    )  # fixed mode default
     assert not torch.equal(base.adv_action, pen.adv_action)
     flat = _inputs(switch=None)
     get("grpo")(flat, GRPOConfig())  # no Plan-Execute protocol: fine without shaping that needs switch
@@ -271,8 +275,12 @@ def test_layout_errors():
 
 def test_to_token_level_golden():
     # turn 0: boundary with all three spans; turn 1: KEEP turn; turn 2: no <action> tags -> action fallback = all
-    act = torch.tensor([[0, 0, 0, 0, 1, 1, 0], [0, 0, 0, 1, 1, 0, 0], [1, 1, 1, 1, 1, 1, 0]], dtype=torch.bool)
-    sub = torch.tensor([[0, 0, 1, 1, 0, 0, 0], [0, 1, 1, 0, 0, 0, 0], [0, 0, 1, 1, 0, 0, 0]], dtype=torch.bool)
+    act = torch.tensor(
+        [[0, 0, 0, 0, 1, 1, 0], [0, 0, 0, 1, 1, 0, 0], [1, 1, 1, 1, 1, 1, 0]], dtype=torch.bool
+    )
+    sub = torch.tensor(
+        [[0, 0, 1, 1, 0, 0, 0], [0, 1, 1, 0, 0, 0, 0], [0, 0, 1, 1, 0, 0, 0]], dtype=torch.bool
+    )
     sw = torch.tensor([[1, 1, 0, 0, 0, 0, 0], [1, 0, 0, 0, 0, 0, 0], [1, 1, 0, 0, 0, 0, 0]], dtype=torch.bool)
     adv_a = torch.tensor([1.0, 2.0, 3.0])
     adv_s = torch.tensor([10.0, 20.0, 30.0])
