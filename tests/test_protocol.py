@@ -498,3 +498,40 @@ def test_chat_prompt_single_user_message_with_generation_prompt():
     text = chat_prompt(tok, "hello there")
     assert text.count("<|im_start|>user\nhello there<|im_end|>") == 1
     assert text.endswith("<|im_start|>assistant\n")
+
+
+def test_parsed_response_pickles_for_worker_processes():
+    import pickle
+
+    for text in (GOOD, "Sure! <switch>keep</switch><subgoal>a</subgoal>"):
+        p = _p(text)
+        q = pickle.loads(pickle.dumps(p))
+        assert q == p and hash(q) == hash(p) and q.switch is p.switch
+
+
+def test_history_length_zero_and_no_length_fallback():
+    history = [("obs 0", "act 0")]
+    none = render_prompt(
+        "household",
+        **HOUSEHOLD,
+        current_subgoal="x",
+        history=history,
+        step=1,
+        config=PromptConfig(history_length=0),
+    )
+    assert "obs 0" not in none and "Current observation (step 2)" in none
+    big = [("z" * 20000, "look")]
+    kept = render_prompt(
+        "household",
+        **HOUSEHOLD,
+        current_subgoal="x",
+        history=big,
+        step=1,
+        config=PromptConfig(max_chars=None),
+    )
+    assert "z" * 20000 in kept
+
+
+def test_subgoal_may_contain_angle_brackets_that_are_not_tags():
+    p = _p("<switch>SWITCH</switch><subgoal>open the <red> box</subgoal><action>look</action>")
+    assert p.valid and p.subgoal == "open the <red> box" and p.warnings == ()
