@@ -1,0 +1,264 @@
+"""The v1-trainer advantage step for verl turn rows, computed by :mod:`hiper.advantage`. No verl import.
+
+verl 0.9.1 runs every estimator except GRPO **row by row** (``verl/trainer/ppo/v1/utils.py``), so on turn rows
+even its GAE does not bootstrap across turns. :func:`compute_row_advantages` instead rebuilds the sessions from
+the row keys (:mod:`hiper.integrations.verl.convert`), runs ``hiper.advantage.get(name)`` on the padded
+``[n_traj, T_max]`` layout (HAE bootstraps across turns and segments of a session; GRPO/RLOO/GiGPO group the
+``rollout.n`` sessions of a prompt) and maps the results back to rows:
+
+* ``advantages`` ``[L_i]`` per row: the role-wise token advantages of spec §3.8 (action tokens get A_low,
+  subgoal tokens of boundary turns A_high, switch tokens A_term), 0 elsewhere;
+* ``loss_mask`` ``[L_i]``: the union of the role masks used (the actor's token-mean runs over it);
+* ``value_pos``/``value_target``/``value_weight`` ``[3]`` per row, head order (low, high, term): where each
+  value head is read in the response, its critic target, and the weight of its loss term on this row.
+
+Critic variants (``critic_heads``):
+
+* ``1`` (default on verl, whose critic has one value head): **single-head, position-read**. V_high and V_term
+  are the one head read at response position 0 (before ``<switch>``: the state and the previous subgoal), V_low
+  the same head read after ``</subgoal>`` (state and the chosen subgoal). It approximates the official
+  three-head critic (spec §3.11): high and term share a position, so on boundary turns that position regresses
+  to a weighted mean of G_high and G_term.
+* ``3``: per-position values carry three channels (low, high, term), read as in ``hiper.trainer.critic``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from hiper.integrations.verl.convert import RowIndex, VerlRows, rows_to_turn_batch
+
+HEADS = ("low", "high", "term")
+CHANNELS = {"low": 0, "high": 1, "term": 2}
+
+
+@dataclass
+class RowAdvantages:
+    """Per-row outputs of :func:`compute_row_advantages`, in the verl rows' order (padding rows: zeros).
+
+    ``advantages``/``loss_mask``/``returns``: one tensor ``[L_i]`` per row. ``value_pos`` ``[R, 3]`` long,
+    ``value_target`` ``[R, 3]`` float, ``value_weight`` ``[R, 3]`` float (head order low, high, term; weight 0 =
+    the head does not train on the row). ``metrics``: scalar logs; ``batch``: the turn batch used.
+    """
+
+    advantages: list[Tensor]
+    loss_mask: list[Tensor]
+    returns: list[Tensor]
+    value_pos: Tensor
+    value_target: Tensor
+    value_weight: Tensor
+    metrics: dict[str, float]
+    batch: Any = None
+    index: RowIndex | None = None
+    output: Any = None
+    extras: dict[str, Tensor] = field(default_factory=dict)
+
+
+def read_row_values(
+    rows: VerlRows, index: RowIndex, v_low_pos: Tensor, critic_heads: int
+) -> dict[str, Tensor]:
+    """Per-turn values ``{head: [N]}`` (turn-batch row order) read from the rows' per-position critic output.
+
+    ``critic_heads=1``: ``high = term = values[0]``, ``low = values[v_low_pos]``; ``critic_heads=3``: channel
+    ``c`` of ``values[pos, c]`` at the same positions. ``gae`` (flat PPO) reads ``turn = values[0]``.
+    """
+    if rows.values is None:
+        raise ValueError("the estimator needs critic values but the rows have none (critic.enable=true?)")
+    vals = [rows.values[int(r)] for r in index.verl_row]
+    out: dict[str, list[float]] = {"low": [], "high": [], "term": [], "turn": []}
+    for v, pos in zip(vals, v_low_pos.tolist()):
+        if v.dim() == 1:
+            if critic_heads != 1:
+                raise ValueError(f"critic_heads={critic_heads} but the rows carry one value per position")
+            pre, low = float(v[0]), float(v[pos])
+            out["low"].append(low)
+            out["high"].append(pre)
+            out["term"].append(pre)
+            out["turn"].append(pre)
+        else:
+            if critic_heads != 3 or v.shape[-1] != 3:
+                raise ValueError(f"values of shape {tuple(v.shape)} do not match critic_heads={critic_heads}")
+            out["low"].append(float(v[pos, CHANNELS["low"]]))
+            out["high"].append(float(v[0, CHANNELS["high"]]))
+            out["term"].append(float(v[0, CHANNELS["term"]]))
+            out["turn"].append(float(v[0, CHANNELS["high"]]))
+    return {h: torch.tensor(x, dtype=torch.float32) for h, x in out.items()}
+
+
+def advantage_inputs(batch: Any, values: dict[str, Tensor] | None, reward_scale: float = 1.0) -> Any:
+    """:class:`hiper.advantage.AdvantageInputs` of a turn batch (the same construction as the built-in trainer)."""
+    from hiper import advantage
+
+    pad = batch.turn_tensor
+    keys: dict[str, int] = {}
+    state_ids = torch.tensor([keys.setdefault(k, len(keys)) for k in batch.state_keys], dtype=torch.long)
+
+    def pv(head: str) -> Tensor | None:
+        return None if values is None or head not in values else pad(values[head].float(), 0.0)
+
+    return advantage.AdvantageInputs(
+        rewards=pad(batch.rewards * reward_scale, 0.0),
+        dones=pad(batch.dones, False),
+        turn_mask=batch.turn_mask(),
+        switch=pad(batch.boundary, False),
+        valid=pad(batch.valid, True),
+        keep_inconsistent=pad(batch.keep_inconsistent, False),
+        v_low=pv("low"),
+        v_high=pv("high"),
+        v_term=pv("term"),
+        v_turn=pv("turn"),
+        group=batch.group,
+        state_id=pad(state_ids, -1),
+    )
+
+
+def compute_row_advantages(
+    rows: VerlRows,
+    estimator: str,
+    config: Any = None,
+    *,
+    reward_scale: float = 1.0,
+    critic_heads: int = 1,
+    value_coefs: dict[str, float] | None = None,
+    pad_token_id: int = 0,
+) -> RowAdvantages:
+    """Run ``hiper.advantage.get(estimator)`` on verl turn rows and map the results back to the rows.
+
+    Args:
+        rows: the batch's rows (any order, padding rows allowed).
+        estimator: ``hae``, ``gae``, ``grpo``, ``rloo`` or ``gigpo`` (``hiper.advantage.available()``).
+        config: the estimator's config dataclass (None = its defaults).
+        reward_scale: multiplies ``turn_reward`` (hiper ``algorithm.reward_scale``).
+        critic_heads: 1 (single head, position-read) or 3 (see the module docstring).
+        value_coefs: loss weight per head (spec §3.12: ``low`` 1, ``high`` = ``high_value_coef``, ``term`` =
+            ``term_value_coef``); default all 1.
+
+    The value-loss weights make ``sum_rows(weight * err) / n_rows`` equal, in expectation over mini-batches,
+    the spec's per-head token mean ``sum_{head rows}(err) / n_head_rows`` times the head's coefficient:
+    ``weight = coef * n_rows / n_head_rows`` on the head's rows (``n_rows`` counts padding rows, because verl
+    normalises by the global mini-batch size, padding included).
+    """
+    from hiper import advantage
+
+    batch, index = rows_to_turn_batch(rows, pad_token_id=pad_token_id)
+    est = advantage.get(estimator)
+    heads = est.heads_for(config)
+    values = read_row_values(rows, index, batch.v_low_pos, critic_heads) if heads else None
+    inputs = advantage_inputs(batch, values, reward_scale)
+    out = est(inputs, config)
+    flat = batch.flat
+    adv_action, adv_subgoal, adv_switch = flat(out.adv_action), flat(out.adv_subgoal), flat(out.adv_switch)
+    sub_in_loss = flat(out.subgoal_in_loss).bool()
+    token_adv, loss_mask = advantage.to_token_level(
+        adv_action.float(), adv_subgoal.float(), adv_switch.float(), sub_in_loss,
+        batch.action_mask, batch.subgoal_mask, batch.switch_mask, batch.response_mask,
+    )  # fmt: skip
+
+    n_rows = len(rows)
+    n_batch = len(batch)
+    coefs = {"low": 1.0, "high": 1.0, "term": 1.0, **(value_coefs or {})}
+    pos_b = torch.stack([batch.v_low_pos, batch.v_high_pos, batch.v_high_pos], dim=1)  # [N, 3]
+    target_b = torch.zeros(n_batch, 3)
+    weight_b = torch.zeros(n_batch, 3)
+    returns = {h: flat(r).float() for h, r in (out.returns or {}).items()}
+    value_mask = {h: flat(m).bool() for h, m in (out.value_mask or {}).items()}
+    if "turn" in returns:  # flat GAE: one value per turn, read at position 0, trained as the "high" slot
+        returns, value_mask = {"high": returns["turn"]}, {"high": value_mask["turn"]}
+    for h, ret in returns.items():
+        c = CHANNELS[h]
+        m = value_mask[h]
+        n_h = int(m.sum())
+        if n_h == 0:
+            continue
+        target_b[:, c] = torch.where(m, ret, torch.zeros_like(ret))
+        weight_b[:, c] = m.float() * (coefs[h] * n_rows / n_h)
+
+    # back to verl row order; padding rows keep zeros
+    lengths = [len(r) for r in rows.response_ids]
+    adv_rows = [torch.zeros(n) for n in lengths]
+    mask_rows = [torch.zeros(n, dtype=torch.bool) for n in lengths]
+    ret_rows = [torch.zeros(n) for n in lengths]
+    value_pos = torch.zeros(n_rows, 3, dtype=torch.long)
+    value_target = torch.zeros(n_rows, 3)
+    value_weight = torch.zeros(n_rows, 3)
+    low_ret = returns.get("low", returns.get("high"))
+    for b, r in enumerate(index.verl_row.tolist()):
+        n = lengths[r]
+        adv_rows[r] = token_adv[b, :n].float().clone()
+        mask_rows[r] = loss_mask[b, :n].clone()
+        if low_ret is not None:
+            ret_rows[r] = torch.full((n,), float(low_ret[b]))
+        value_pos[r] = pos_b[b]
+        value_target[r] = target_b[b]
+        value_weight[r] = weight_b[b]
+
+    metrics = {f"hiper/{k}": float(v) for k, v in (out.metrics or {}).items()}
+    metrics["hiper/loss_tokens"] = float(loss_mask.sum())
+    metrics["hiper/response_tokens"] = float(batch.response_mask.sum())
+    metrics["hiper/padding_rows"] = float(n_rows - n_batch)
+    return RowAdvantages(
+        advantages=adv_rows, loss_mask=mask_rows, returns=ret_rows, value_pos=value_pos,
+        value_target=value_target, value_weight=value_weight, metrics=metrics, batch=batch, index=index,
+        output=out, extras={"token_adv": token_adv, "loss_mask": loss_mask},
+    )  # fmt: skip
+
+
+def estimator_config(estimator: str, algorithm: Any, invalid_penalty: float = 0.0) -> Any:
+    """The estimator's config dataclass from a verl ``algorithm`` section (dict or DictConfig).
+
+    ``gamma`` and ``lam`` come from ``algorithm``; HAE / shaping keys from ``algorithm.hae`` (``lam_seg``,
+    ``keep_penalty``, ``keep_penalty_mode``, ``keep_consistency_penalty``, ``bootstrap_truncated``,
+    ``switch_mode``, ``norm_adv`` ...); estimator-specific keys from ``algorithm.<estimator>``; unknown keys
+    raise ``ValueError`` naming them (a typo must not silently fall back to a default).
+    """
+    from dataclasses import fields
+
+    from hiper.advantage import get
+
+    def section(obj: Any, key: str) -> dict[str, Any]:
+        val = obj.get(key, None) if hasattr(obj, "get") else None
+        if val is None:
+            return {}
+        return {str(k): v for k, v in (val.items() if hasattr(val, "items") else dict(val).items())}
+
+    cls = get(estimator).config_cls
+    names = {f.name: f for f in fields(cls)}
+    values: dict[str, Any] = {}
+    for key in ("gamma", "lam"):
+        v = algorithm.get(key, None) if hasattr(algorithm, "get") else None
+        if v is not None and key in names:
+            values[key] = float(v)
+    shaping_keys = {
+        "keep_penalty",
+        "keep_penalty_mode",
+        "keep_consistency_penalty",
+        "keep_penalty_skip_first",
+    }
+    hae = section(algorithm, "hae")
+    specific = section(algorithm, estimator) if estimator != "hae" else {}
+    for src in (hae, specific):
+        for k, v in src.items():
+            if k not in names:
+                if src is hae and estimator != "hae" and k not in shaping_keys:
+                    continue  # HAE-only keys (lam_seg ...) are ignored by the baselines
+                raise ValueError(f"algorithm key {k!r} is not a field of {cls.__name__}: {sorted(names)}")
+            values[k] = v
+    if "invalid_penalty" in names:
+        values["invalid_penalty"] = float(invalid_penalty)
+    clean = {k: (float(v) if names[k].type == "float" else v) for k, v in values.items()}
+    return cls(**clean)
+
+
+__all__ = [
+    "CHANNELS",
+    "HEADS",
+    "RowAdvantages",
+    "advantage_inputs",
+    "compute_row_advantages",
+    "estimator_config",
+    "read_row_values",
+]

@@ -1,0 +1,128 @@
+"""``HiPERTrainer``: a verl 0.9.1 v1 trainer mode (``trainer.v1.trainer_mode=hiper_sync``) whose advantage step
+is :func:`hiper.integrations.verl.advantage.compute_row_advantages` and whose losses are role-aware.
+
+It subclasses ``PPOTrainerSync`` (colocated trainer and rollout) and changes three things:
+
+* ``_setup``: after verl installs its default losses, ``critic_wg.set_loss_fn(hae_value_loss)`` and
+  ``actor_rollout_wg.set_loss_fn(hae_ppo_loss)`` (both ``Dispatch.ONE_TO_ALL``);
+* ``_compute_advantage``: reads the batch's turn rows from TransferQueue (``prompts``, ``responses``,
+  ``response_mask``, ``extra_fields`` and the critic's ``values``), rebuilds the sessions from the
+  ``{uid}_{session}_{turn}`` keys, runs ``hiper.advantage`` (``algorithm.adv_estimator`` = ``hae``, ``gae``,
+  ``grpo``, ``rloo`` or ``gigpo``; all bootstrap / group across the turns of a session) and writes back
+  ``advantages``, ``returns``, ``loss_mask`` (= ``hae_loss_mask``) and the value-position fields;
+* nothing else: old log-probs, reference, values, updates and weight sync are verl's.
+
+Config (all optional, defaults in brackets): ``algorithm.adv_estimator`` [hae], ``algorithm.gamma``/``lam``,
+``algorithm.hae.*`` (``lam_seg``, ``keep_penalty`` ...), ``hiper.reward_scale`` [1.0],
+``hiper.invalid_action_penalty_coef`` [0.1], ``hiper.critic_heads`` [1], ``hiper.high_value_coef`` /
+``hiper.term_value_coef`` [1.0]. ``critic.enable=true`` is required for ``hae`` and ``gae`` (verl only
+auto-enables the critic for its own ``gae``).
+"""
+
+from __future__ import annotations
+
+import logging
+from functools import partial
+from typing import Any
+
+from hiper.integrations.verl.advantage import compute_row_advantages, estimator_config
+from hiper.integrations.verl.convert import rows_from_tensordict
+
+logger = logging.getLogger(__name__)
+
+TRAINER_NAME = "hiper_sync"
+CRITIC_ESTIMATORS = ("hae", "gae")
+
+try:
+    from verl.trainer.ppo.v1.trainer_sync import PPOTrainerSync as _Base
+
+    HAVE_VERL = True
+except Exception:  # noqa: BLE001 - no verl (or no TransferQueue): the module stays importable on CPU
+    _Base = object  # type: ignore[assignment,misc]
+    HAVE_VERL = False
+
+
+def hiper_settings(config: Any) -> dict[str, Any]:
+    """The trainer's hiper settings from a verl config (``hiper`` section + ``algorithm``)."""
+
+    def get(obj: Any, key: str, default: Any) -> Any:
+        try:
+            val = obj.get(key, default) if obj is not None else default
+        except Exception:  # noqa: BLE001
+            val = default
+        return default if val is None else val
+
+    hiper = get(config, "hiper", {})
+    algorithm = get(config, "algorithm", {})
+    estimator = str(get(algorithm, "adv_estimator", "hae"))
+    return {
+        "estimator": estimator,
+        "estimator_config": estimator_config(
+            estimator, algorithm, invalid_penalty=float(get(hiper, "invalid_action_penalty_coef", 0.1))
+        ),
+        "reward_scale": float(get(hiper, "reward_scale", 1.0)),
+        "critic_heads": int(get(hiper, "critic_heads", 1)),
+        "value_coefs": {
+            "low": 1.0,
+            "high": float(get(hiper, "high_value_coef", 1.0)),
+            "term": float(get(hiper, "term_value_coef", 1.0)),
+        },
+    }
+
+
+class HiPERTrainer(_Base):  # type: ignore[misc,valid-type]
+    """v1 sync trainer with hiper advantages and role-aware losses (see the module docstring)."""
+
+    def _setup(self) -> None:
+        self._hiper = hiper_settings(self.config)
+        est = self._hiper["estimator"]
+        if est in CRITIC_ESTIMATORS and not self.use_critic:
+            raise ValueError(f"algorithm.adv_estimator={est} needs a critic: set critic.enable=true")
+        super()._setup()
+        from verl.utils.config import omega_conf_to_dataclass
+
+        from hiper.integrations.verl.losses import hae_ppo_loss, hae_value_loss
+
+        if self.use_critic:
+            critic_cfg = omega_conf_to_dataclass(self.config.critic)
+            self.critic_wg.set_loss_fn(
+                partial(hae_value_loss, config=critic_cfg, critic_heads=self._hiper["critic_heads"])
+            )
+        actor_cfg = omega_conf_to_dataclass(self.config.actor_rollout_ref.actor)
+        self.actor_rollout_wg.set_loss_fn(partial(hae_ppo_loss, config=actor_cfg))
+        logger.info("hiper: estimator=%s critic_heads=%s", est, self._hiper["critic_heads"])
+
+    def _compute_advantage(self, batch: Any, metrics: dict) -> Any:
+        import torch
+        import transfer_queue as tq
+        from tensordict import TensorDict
+
+        fields = ["prompts", "responses", "response_mask", "extra_fields"]
+        if self.use_critic:
+            fields.append("values")
+        data = tq.kv_batch_get(keys=batch.keys, partition_id=batch.partition_id, select_fields=fields)
+        rows = rows_from_tensordict(data, batch.keys, batch.tags)
+        res = compute_row_advantages(
+            rows, self._hiper["estimator"], self._hiper["estimator_config"],
+            reward_scale=self._hiper["reward_scale"], critic_heads=self._hiper["critic_heads"],
+            value_coefs=self._hiper["value_coefs"], pad_token_id=int(self.tokenizer.pad_token_id or 0),
+        )  # fmt: skip
+        nested = partial(torch.nested.as_nested_tensor, layout=torch.jagged)
+        loss_mask = nested([m.long() for m in res.loss_mask])
+        output = TensorDict(
+            {
+                "advantages": nested(res.advantages),
+                "returns": nested(res.returns),
+                "hae_loss_mask": loss_mask,
+                "loss_mask": loss_mask,
+                "hae_value_pos": res.value_pos,
+                "hae_value_target": res.value_target,
+                "hae_value_weight": res.value_weight,
+            },
+            batch_size=len(batch),
+        )
+        metrics.update(res.metrics)
+        return tq.kv_batch_put(keys=batch.keys, partition_id=batch.partition_id, fields=output)
+
+
+__all__ = ["CRITIC_ESTIMATORS", "HAVE_VERL", "TRAINER_NAME", "HiPERTrainer", "hiper_settings"]
