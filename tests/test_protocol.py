@@ -311,6 +311,8 @@ _content = st.text(
     switch=st.sampled_from([Switch.KEEP, Switch.SWITCH, "keep", "SWITCH"]), subgoal=_content, action=_content
 )
 def test_format_parse_round_trip(switch, subgoal, action):
+    from hiper.protocol import _parse_slow
+
     try:
         text = format_response(switch, subgoal, action)
     except ValueError:  # CJK content cannot be written validly
@@ -320,6 +322,7 @@ def test_format_parse_round_trip(switch, subgoal, action):
         return
     for strict in (False, True):
         p = parse_response(text, strict=strict)
+        assert p == _parse_slow(text, strict)
         assert p.valid, (text, p.errors)
         assert p.switch is Switch(str(switch).upper())
         assert p.subgoal == subgoal.strip()
@@ -352,7 +355,10 @@ def test_format_parse_round_trip(switch, subgoal, action):
     strict=st.booleans(),
 )
 def test_parse_invariants_on_arbitrary_text(text, strict):
+    from hiper.protocol import _parse_slow
+
     p = parse_response(text, strict=strict)
+    assert p == _parse_slow(text, strict)  # the single-regex fast path agrees with the general parser
     assert p.valid == (p.errors == ())
     assert p.is_boundary == (p.switch is Switch.SWITCH and bool(p.subgoal))
     for span, name in zip(p.spans, ("switch", "subgoal", "action")):
