@@ -114,9 +114,16 @@ def play(args: argparse.Namespace, stdin: TextIO | None = None, console: Any = N
     stdin = stdin if stdin is not None else sys.stdin
     out = console or Console(highlight=False)
     split = args.split or DEFAULT_SPLIT.get(args.env, "test")
-    panel = task_panel(args.env, split, n=args.task_index + 1, seed=args.seed)
+    try:
+        panel = task_panel(args.env, split, n=args.task_index + 1, seed=args.seed)
+    except ValueError as exc:
+        panel, error = [], str(exc)
+    else:
+        error = f"the split has {len(panel)} tasks"
     if args.task_index < 0 or args.task_index >= len(panel):
-        out.print(f"[red]task index {args.task_index} is out of range for {args.env}/{split}[/red]")
+        out.print(
+            f"[red]task index {args.task_index} is out of range for {args.env}/{split}: {_esc(error)}[/red]"
+        )
         return 2
     task = panel[args.task_index]
     kwargs = dict(_kv(kv) for kv in args.env_kwarg)
