@@ -546,3 +546,49 @@ def test_task_rows() -> None:
     assert {r["agent_name"] for r in rows} == {"hiper_plan_execute"}
     task = al.task_from_extra_info(rows[2]["extra_info"])
     assert (task.env, task.split, task.index, task.seed) == ("household", "train", 2, 1)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# recipes
+
+
+def _deep_merge(a: dict, b: dict) -> dict:
+    out = dict(a)
+    for k, v in b.items():
+        out[k] = _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+@pytest.mark.parametrize(
+    "recipe, keep, consistency, bootstrap, turns",
+    [("alfworld_qwen2.5_1.5b", -0.3, -0.3, True, 50), ("alfworld_qwen2.5_7b", -0.3, -0.3, True, 50),
+     ("webshop_qwen2.5_1.5b", -3.5, -0.1, False, 15), ("webshop_qwen2.5_7b", -3.5, -0.1, False, 15)],
+)  # fmt: skip
+def test_recipe_settings_match_spec(
+    recipe: str, keep: float, consistency: float, bootstrap: bool, turns: int
+) -> None:
+    import yaml
+
+    from hiper.integrations.verl.trainer import hiper_settings
+
+    root = Path(__file__).resolve().parents[1] / "recipes" / "verl"
+    base = yaml.safe_load((root / "hiper_base.yaml").read_text())
+    top = yaml.safe_load((root / f"{recipe}.yaml").read_text())
+    assert top["defaults"] == ["ppo_trainer", "hiper_base", "_self_"]
+    cfg = _deep_merge(base, {k: v for k, v in top.items() if k not in ("hydra", "defaults")})
+    s = hiper_settings(cfg)
+    hae = s["estimator_config"]
+    assert s["estimator"] == "hae" and s["critic_heads"] == 1
+    assert (hae.gamma, hae.lam, hae.lam_seg, hae.invalid_penalty) == (1.0, 1.0, 0.95, 0.1)
+    assert (hae.keep_penalty, hae.keep_consistency_penalty, hae.bootstrap_truncated) == (
+        keep,
+        consistency,
+        bootstrap,
+    )
+    session = al.SessionConfig.from_config(cfg)
+    assert session.max_turns == turns and session.history_length == 2
+    actor = cfg["actor_rollout_ref"]["actor"]
+    assert (actor["optim"]["lr"], actor["kl_loss_coef"], actor["entropy_coeff"]) == (1.0e-6, 0.01, 0.001)
+    assert cfg["critic"]["optim"]["lr"] == 1.0e-5 and cfg["critic"]["cliprange_value"] == 0.5
+    assert cfg["trainer"]["v1"]["trainer_mode"] == "hiper_sync"
+    assert cfg["actor_rollout_ref"]["rollout"]["agent"]["default_agent_loop"] == "hiper_plan_execute"
