@@ -142,8 +142,7 @@ def hae(
     check_dones(dones, turn_mask)
     if paper:
         assert beta is not None
-        b = beta[turn_mask]
-        if b.numel() and (float(b.min()) < 0.0 or float(b.max()) > 1.0):
+        if bool((turn_mask & ((beta < 0.0) | (beta > 1.0))).any()):
             raise ValueError("beta is a probability P(SWITCH) and must lie in [0, 1] on valid turns")
 
     gamma, lam, lam_seg = config.gamma, config.lam, config.lam_seg

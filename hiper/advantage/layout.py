@@ -126,7 +126,8 @@ def check_turn_tensors(turn_mask: Tensor, **tensors: Tensor | None) -> None:
         if name.startswith(("v_", "rewards", "beta")):
             if not x.dtype.is_floating_point:
                 raise ValueError(f"{name} must be a floating-point tensor, got {x.dtype}")
-            if not bool(torch.isfinite(x[turn_mask]).all()):
+            # elementwise only: boolean-mask indexing (nonzero) is parallelised by torch and stalls under load
+            if not bool((torch.isfinite(x) | ~turn_mask).all()):
                 raise ValueError(f"{name} has non-finite values on valid turns")
         elif x.dtype != torch.bool:
             raise ValueError(f"{name} must be a bool tensor, got {x.dtype}")

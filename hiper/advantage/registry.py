@@ -237,17 +237,30 @@ def _shape(inputs: AdvantageInputs, config: ShapingConfig) -> ShapedRewards:
     )
 
 
-def _stats(prefix: str, x: Tensor, mask: Tensor) -> dict[str, float]:
-    values = x[mask].double()
-    if values.numel() == 0:
-        return {f"{prefix}_n": 0.0}
-    return {
-        f"{prefix}_mean": float(values.mean()),
-        f"{prefix}_std": float(values.std(unbiased=False)),
-        f"{prefix}_min": float(values.min()),
-        f"{prefix}_max": float(values.max()),
-        f"{prefix}_n": float(values.numel()),
-    }
+def _stats_many(items: dict[str, tuple[Tensor, Tensor]]) -> dict[str, float]:
+    """``{prefix: (x, mask)}`` -> ``{prefix_mean, _std (population), _min, _max, _n}`` over each mask.
+
+    Masked reductions per item (no boolean indexing, no stacking into one big tensor: both trigger torch's
+    intra-op thread pool, which stalls badly on an oversubscribed CPU), then a single host sync."""
+    if not items:
+        return {}
+    rows = []
+    for x, mask in items.values():
+        values = x.double()
+        n = mask.sum().double()
+        zero = torch.zeros_like(values)
+        mean = torch.where(mask, values, zero).sum() / n.clamp_min(1)
+        var = torch.where(mask, (values - mean) ** 2, zero).sum() / n.clamp_min(1)
+        low = torch.where(mask, values, torch.full_like(values, float("inf"))).min()
+        high = torch.where(mask, values, torch.full_like(values, float("-inf"))).max()
+        rows.append(torch.stack((mean, var.sqrt(), low, high, n)))
+    table = torch.stack(rows).tolist()
+    out: dict[str, float] = {}
+    for prefix, (m_, s_, lo, hi, count) in zip(items, table):
+        out[f"{prefix}_n"] = count
+        if count > 0:
+            out.update({f"{prefix}_mean": m_, f"{prefix}_std": s_, f"{prefix}_min": lo, f"{prefix}_max": hi})
+    return out
 
 
 def _common_metrics(inputs: AdvantageInputs, shaped: ShapedRewards) -> dict[str, float]:
@@ -272,10 +285,9 @@ def _flat_output(
 ) -> AdvantageOutput:
     mask = inputs.turn_mask
     adv = torch.where(mask, adv, torch.zeros_like(adv))
-    metrics.update(_stats("adv/flat", adv, mask))
     returns = returns or {}
-    for head, ret in returns.items():
-        metrics.update(_stats(f"returns/{head}", ret, mask))
+    stat_items = {"adv/flat": (adv, mask), **{f"returns/{head}": (ret, mask) for head, ret in returns.items()}}
+    metrics.update(_stats_many(stat_items))
     return AdvantageOutput(
         adv_action=adv, adv_subgoal=adv, adv_switch=adv, subgoal_in_loss=mask.clone(),
         returns=returns, value_mask={h: mask.clone() for h in returns}, shaped_rewards=shaped, metrics=metrics,
@@ -329,16 +341,15 @@ def _hae_estimator(inputs: AdvantageInputs, config: HAEConfig) -> AdvantageOutpu
     n_segments = int(res.boundary.sum())
     metrics["hae/mean_segment_length"] = float(mask.sum()) / n_segments if n_segments else 0.0
     metrics["hae/segments_per_traj"] = n_segments / max(float(mask.any(dim=1).sum()), 1.0)
-    metrics.update(_stats("adv/action", res.adv_low, mask))
-    metrics.update(_stats("adv/subgoal", res.adv_high, high_turns))
-    metrics.update(_stats("adv/switch", res.adv_term, switch_turns))
+    stat_items = {"adv/action": (res.adv_low, mask), "adv/subgoal": (res.adv_high, high_turns),
+                  "adv/switch": (res.adv_term, switch_turns)}  # fmt: skip
     returns = {"low": res.ret_low, "high": res.ret_high}
     value_mask = {"low": mask.clone(), "high": res.boundary.clone()}
     if config.switch_mode == "code":
         returns["term"] = res.ret_term
         value_mask["term"] = mask.clone()
-    for head, ret in returns.items():
-        metrics.update(_stats(f"returns/{head}", ret, value_mask[head]))
+    stat_items.update({f"returns/{head}": (ret, value_mask[head]) for head, ret in returns.items()})
+    metrics.update(_stats_many(stat_items))
     extras = {
         "boundary": res.boundary, "segment_id": res.segment_id, "adv_low_raw": res.adv_low,
         "adv_high_raw": res.adv_high, "adv_term_raw": res.adv_term, "ret_term": res.ret_term,
@@ -357,7 +368,7 @@ def _gae_estimator(inputs: AdvantageInputs, config: GAEConfig) -> AdvantageOutpu
     shaped = _shape(inputs, config)
     adv, ret = turn_gae(shaped.total, inputs.dones, inputs.v_turn, inputs.turn_mask, config)
     metrics = _common_metrics(inputs, shaped)
-    metrics.update(_stats("adv/raw", adv, inputs.turn_mask))
+    metrics.update(_stats_many({"adv/raw": (adv, inputs.turn_mask)}))
     if config.norm_adv:
         adv = whiten(adv, inputs.turn_mask)
     return _flat_output(inputs, shaped, adv, metrics, returns={"turn": ret})

@@ -35,9 +35,9 @@ class ShapedRewards:
     def metrics(self, turn_mask: Tensor) -> dict[str, float]:
         """Per-trajectory mean of each term and of the total (``shaping/<term>``), for logging."""
         n_traj = max(int(turn_mask.any(dim=1).sum()), 1)
-        out = {f"shaping/{k}": float(v.sum()) / n_traj for k, v in self.terms.items()}
-        out["shaping/total_return"] = float(self.total.sum()) / n_traj
-        return out
+        sums = torch.stack([v.sum() for v in (*self.terms.values(), self.total)]).tolist()  # one host sync
+        names = [f"shaping/{k}" for k in self.terms] + ["shaping/total_return"]
+        return {name: value / n_traj for name, value in zip(names, sums)}
 
 
 def shape_rewards(
