@@ -165,6 +165,11 @@ def test_token_id_prompts_and_weight_update(tokenizer: Any, tiny_model: Any) -> 
     assert backend.calls[-1].stop_token_ids == tuple(vl.eos_token_ids)
     vl.update_weights(tiny_model)
     assert vl.weight_version == 1
+    vl.sync()  # no source attached: nothing pushed
+    assert vl.weight_version == 1
+    vl.source = tiny_model
+    vl.sync()
+    assert vl.weight_version == 2
     names = {n for n, _ in backend.loaded}
     assert "model.embed_tokens.weight" in names and len(backend.loaded) == len(tiny_model.state_dict())
     with pytest.raises(ValueError, match="temperature"):

@@ -267,6 +267,8 @@ class VLLMEngine:
         eos_token_ids: ids that end a response (kept in ``response_ids``); default the tokenizer's EOS
             plus ``extra_eos_token_ids``. They are passed to the backend as ``stop_token_ids`` so both
             engines stop on exactly the same ids.
+        source: the training policy (a module); :meth:`sync` pushes its weights into the backend, so a
+            trainer that calls ``engine.sync()`` after each optimizer step keeps vLLM on-policy unchanged.
     """
 
     def __init__(
@@ -275,6 +277,7 @@ class VLLMEngine:
         tokenizer: Any,
         eos_token_ids: Sequence[int] | None = None,
         extra_eos_token_ids: Sequence[int] = (),
+        source: Any = None,
     ) -> None:
         if not isinstance(backend, GenerationBackend):
             raise TypeError(
@@ -290,9 +293,12 @@ class VLLMEngine:
         self.eos_token_ids = [int(i) for i in eos_token_ids]
         self._eos = set(self.eos_token_ids)
         self.weight_version = 0
+        self.source = source
 
     @classmethod
-    def from_pretrained(cls, model: str, tokenizer: Any = None, **backend_kwargs: Any) -> VLLMEngine:
+    def from_pretrained(
+        cls, model: str, tokenizer: Any = None, source: Any = None, **backend_kwargs: Any
+    ) -> VLLMEngine:
         """Build a :class:`VLLMBackend` for ``model`` and its tokenizer (``AutoTokenizer`` of ``model``
         unless given). The EOS ids include the model's ``generation_config`` EOS (Qwen2.5-Instruct:
         ``<|im_end|>`` and ``<|endoftext|>``), as :class:`~hiper.rollout.hf.HFEngine` uses."""
@@ -305,7 +311,7 @@ class VLLMEngine:
             extra = [gen_eos] if isinstance(gen_eos, int) else list(gen_eos or [])
         except (OSError, ValueError):
             pass
-        return cls(VLLMBackend(model, **backend_kwargs), tok, extra_eos_token_ids=extra)
+        return cls(VLLMBackend(model, **backend_kwargs), tok, extra_eos_token_ids=extra, source=source)
 
     # -- weights --------------------------------------------------------------------------------
 
@@ -315,8 +321,13 @@ class VLLMEngine:
         self.weight_version += 1
 
     def sync(self) -> None:
-        """Nothing to flush: :meth:`update_weights` is synchronous. The trainer calls
-        ``update_weights(policy)`` after each optimizer step when the engine keeps its own copy."""
+        """Push the ``source`` policy's current weights into vLLM (no-op without a ``source``).
+
+        The built-in trainer calls ``engine.sync()`` after each optimizer step; vLLM keeps its own copy of
+        the weights, so this is where it gets the update (a full state-dict copy, GPU to GPU).
+        """
+        if self.source is not None:
+            self.update_weights(self.source)
 
     # -- generation -----------------------------------------------------------------------------
 
