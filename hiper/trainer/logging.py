@@ -130,7 +130,7 @@ class MetricLogger:
         if self._wandb_run is not None:
             self._wandb_run.log(values, step=int(step))
         if self._console is not None:
-            self._console.print(self.format_line(values, step))
+            self._console.print(self.format_line(values, step), soft_wrap=True)
 
     def format_line(self, values: Mapping[str, float], step: int) -> str:
         """The compact console line: priority keys first, then the rest alphabetically, ``console_keys`` max."""
