@@ -163,6 +163,10 @@ ERRORS = [
     (["trainer.device=gpu"], ["trainer.device='gpu' is not a device"]),
     (["env.n_envs=0"], ["env.n_envs=0 must be >= 1"]),
     (["sft.max_steps=0"], ["sft.max_steps=0 must be >= 1 or null"]),
+    (["env.prompt=fancy"], ["env.prompt='fancy' is not allowed", "default, compact"]),
+    (["critic.dtype=float16"], ["critic.dtype='float16' is not allowed"]),
+    (["env.n_workers=-1"], ["env.n_workers=-1 must be >= 0"]),
+    (["trainer.num_threads=0"], ["trainer.num_threads=0 must be >= 1 or null"]),
 ]
 
 

@@ -44,6 +44,7 @@ DTYPES = ("float32", "bfloat16")
 CRITIC_MODES = ("separate", "shared")
 ENGINES = ("hf", "vllm")
 LOGGERS = ("console", "jsonl", "tensorboard", "wandb")
+PROMPTS = ("default", "compact")
 
 
 class ConfigError(ValueError):
@@ -70,6 +71,11 @@ class EnvConfig:
         group_size: rollouts per task (verl ``env.rollout.n``; paper HiPER 1, GRPO/GiGPO 8). Trajectories
             per iteration = ``n_envs * group_size``.
         eval_episodes: episodes per evaluation (paper: 128).
+        eval_seed: seed of the fixed evaluation task panel.
+        train_pool_size: size of the training task pool that iterations sample from.
+        n_workers: env worker processes (0 = step the envs in the trainer's process).
+        prompt: prompt template, ``default`` (the official one, spec §2.3) or ``compact`` (shorter, for tiny
+            models).
     """
 
     name: str = "household"
@@ -81,6 +87,10 @@ class EnvConfig:
     n_envs: int = 16
     group_size: int = 1
     eval_episodes: int = 32
+    eval_seed: int = 0
+    train_pool_size: int = 4096
+    n_workers: int = 0
+    prompt: str = "default"
 
 
 @dataclass
@@ -138,6 +148,8 @@ class CriticConfig:
         cliprange_value: PPO value clip around the old values (paper: 0.5); null = unclipped.
         high_value_coef / term_value_coef: weights of the high/term head losses (paper: 1.0).
         grad_clip: max grad norm (paper: 1.0).
+        dtype: parameter dtype of a critic loaded from ``critic.path`` (null = float32).
+        mini_batch_size: turn samples per critic optimizer step (null = ``actor.mini_batch_size``).
     """
 
     enabled: bool = True
@@ -150,6 +162,8 @@ class CriticConfig:
     high_value_coef: float = 1.0
     term_value_coef: float = 1.0
     grad_clip: float = 1.0
+    dtype: str | None = None
+    mini_batch_size: int | None = None
 
 
 @dataclass
@@ -273,6 +287,9 @@ class SFTConfig:
         episodes: expert episodes collected. epochs: passes over them.
         lr: AdamW learning rate. batch_size: turn samples per optimizer step.
         max_steps: cap on optimizer steps (null = ``epochs`` decide).
+        split: task split of the expert episodes (null = ``env.train_split``).
+        max_examples: keep at most this many turn examples (a seeded random subset; null = all).
+        micro_batch_size: examples per forward/backward (null = ``batch_size``).
     """
 
     enabled: bool = True
@@ -281,6 +298,9 @@ class SFTConfig:
     lr: float = 1e-3
     batch_size: int = 16
     max_steps: int | None = None
+    split: str | None = None
+    max_examples: int | None = None
+    micro_batch_size: int | None = None
 
 
 @dataclass
@@ -296,6 +316,7 @@ class TrainerSection:
         project_name / experiment_name: names for the run (wandb project, run name).
         resume: null (fresh run), ``auto`` (latest checkpoint in ``output_dir`` if any) or a checkpoint dir.
         device: torch device for the models: ``cpu``, ``cuda``, ``cuda:N`` (presets for 1.5B/7B: ``cuda``).
+        num_threads: torch CPU threads (null = torch's default).
     """
 
     total_iterations: int = 20
@@ -307,6 +328,7 @@ class TrainerSection:
     experiment_name: str = "cpu_demo"
     resume: str | None = None
     device: str = "cpu"
+    num_threads: int | None = None
 
 
 @dataclass
@@ -585,9 +607,14 @@ def validate_config(cfg: HiperConfig) -> None:
         ("env.n_envs", env.n_envs, 1),
         ("env.group_size", env.group_size, 1),
         ("env.eval_episodes", env.eval_episodes, 0),
+        ("env.eval_seed", env.eval_seed, 0),
+        ("env.train_pool_size", env.train_pool_size, 1),
+        ("env.n_workers", env.n_workers, 0),
         ("seed", cfg.seed, 0),
     ):
         _check(val >= low, f"{key}={val} must be >= {low}")
+
+    _choice(env.prompt, "env.prompt", PROMPTS)
 
     # --- model
     _choice(model.dtype, "model.dtype", DTYPES)
@@ -640,6 +667,10 @@ def validate_config(cfg: HiperConfig) -> None:
     _nonneg(critic.high_value_coef, "critic.high_value_coef")
     _nonneg(critic.term_value_coef, "critic.term_value_coef")
     _positive(critic.grad_clip, "critic.grad_clip")
+    if critic.dtype is not None:
+        _choice(critic.dtype, "critic.dtype", DTYPES)
+    _check(critic.mini_batch_size is None or critic.mini_batch_size >= 1,
+           f"critic.mini_batch_size={critic.mini_batch_size} must be >= 1 or null")
     if critic.path is not None:
         _check(
             critic.mode == "separate",
@@ -750,7 +781,9 @@ def validate_config(cfg: HiperConfig) -> None:
     ):
         _check(val >= 1, f"{key}={val} must be >= 1")
     _positive(sft.lr, "sft.lr")
-    _check(sft.max_steps is None or sft.max_steps >= 1, f"sft.max_steps={sft.max_steps} must be >= 1 or null")
+    for key, val in (("sft.max_steps", sft.max_steps), ("sft.max_examples", sft.max_examples),
+                     ("sft.micro_batch_size", sft.micro_batch_size), ("trainer.num_threads", tr.num_threads)):
+        _check(val is None or val >= 1, f"{key}={val} must be >= 1 or null")
 
     # --- trainer
     for key, val in (
