@@ -1,0 +1,191 @@
+"""PPO losses (dual-clip policy loss, k3 KL, entropy, clipped value loss) and safe optimizer steps.
+
+All losses are **token sums**: they return ``sum over masked tokens`` and the caller divides by the
+number of loss tokens of the whole mini-batch, so a mini-batch split into padding-aware micro-batches
+gives exactly the token-mean of the un-split mini-batch (verl's ``token-mean`` aggregation, without
+the per-micro-batch averaging bias).
+
+Shapes: ``B`` = turn samples in a micro-batch, ``L`` = response length (tokens). Log-probs are natural
+logs of the probability of the sampled token.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+
+@dataclass
+class PPOLossConfig:
+    """Actor loss hyperparameters (verl names). ``clip_ratio_c`` > 1 enables the dual clip."""
+
+    clip_ratio_low: float = 0.2
+    clip_ratio_high: float = 0.2
+    clip_ratio_c: float = 3.0
+    kl_coef: float = 0.01
+    entropy_coeff: float = 0.001
+
+
+def masked_sum(x: Tensor, mask: Tensor) -> Tensor:
+    """Sum of ``x`` over ``mask`` (same shape, bool or 0/1). Masked-out entries never propagate NaN/inf."""
+    return torch.where(mask.bool(), x, torch.zeros((), dtype=x.dtype, device=x.device)).sum()
+
+
+def masked_mean(x: Tensor, mask: Tensor) -> Tensor:
+    """Mean of ``x`` over ``mask``; 0 when the mask is empty."""
+    n = mask.bool().sum()
+    return masked_sum(x, mask) / n.clamp(min=1)
+
+
+def dual_clip_pg_losses(
+    logp: Tensor, old_logp: Tensor, adv: Tensor, clip_low: float, clip_high: float, clip_c: float
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Per-token dual-clip PPO loss ``[B, L]`` plus (clip-fraction indicator, lower-clip indicator).
+
+    ``ratio = exp(logp - old_logp)`` (log-ratio clamped to [-20, 20] so exp stays finite);
+    ``L1 = max(-A ratio, -A clip(ratio, 1-clip_low, 1+clip_high))``; for ``A < 0`` the loss is
+    additionally capped at ``-A * clip_c`` (the dual clip of Ye et al. 2020, as in verl).
+    """
+    log_ratio = torch.clamp(logp - old_logp, -20.0, 20.0)
+    ratio = torch.exp(log_ratio)
+    loss_unclipped = -adv * ratio
+    loss_clipped = -adv * torch.clamp(ratio, 1.0 - clip_low, 1.0 + clip_high)
+    loss_1 = torch.maximum(loss_unclipped, loss_clipped)
+    clipped = (loss_clipped > loss_unclipped).float()
+    if clip_c is not None and clip_c > 1.0:
+        loss_3 = -adv * clip_c
+        loss_2 = torch.minimum(loss_3, loss_1)
+        lower_clipped = ((loss_3 < loss_1) & (adv < 0)).float()
+        losses = torch.where(adv < 0, loss_2, loss_1)
+    else:
+        lower_clipped = torch.zeros_like(loss_1)
+        losses = loss_1
+    return losses, clipped, lower_clipped
+
+
+def kl_k3(logp: Tensor, ref_logp: Tensor) -> Tensor:
+    """Per-token k3 ("low_var_kl") estimate of KL(pi || pi_ref), clamped to [-10, 10] as in verl."""
+    log_ratio = torch.clamp(ref_logp - logp, -20.0, 20.0)
+    kl = torch.exp(log_ratio) - log_ratio - 1.0
+    return torch.clamp(kl, -10.0, 10.0)
+
+
+def entropy_from_logits(logits: Tensor) -> Tensor:
+    """Per-position entropy (nats) of the categorical ``softmax(logits)``; ``logits`` is ``[..., V]``."""
+    logp = torch.log_softmax(logits.float(), dim=-1)
+    return -(logp.exp() * logp).sum(-1)
+
+
+def actor_loss_sum(
+    logp: Tensor,
+    old_logp: Tensor,
+    adv: Tensor,
+    loss_mask: Tensor,
+    cfg: PPOLossConfig,
+    entropy: Tensor | None = None,
+    ref_logp: Tensor | None = None,
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """Actor loss summed over the ``loss_mask`` tokens of one micro-batch (all inputs ``[B, L]``).
+
+    ``L = sum(pg) - entropy_coeff * sum(entropy) + kl_coef * sum(k3 KL)``; divide by the mini-batch's
+    loss-token count for the token-mean. Returns the loss and detached per-term token sums for logging.
+    """
+    losses, clipped, lower = dual_clip_pg_losses(
+        logp, old_logp, adv, cfg.clip_ratio_low, cfg.clip_ratio_high, cfg.clip_ratio_c
+    )
+    pg = masked_sum(losses, loss_mask)
+    total = pg
+    stats = {
+        "pg_loss": pg.detach(),
+        "pg_clipfrac": masked_sum(clipped, loss_mask).detach(),
+        "pg_clipfrac_lower": masked_sum(lower, loss_mask).detach(),
+        "ppo_kl": masked_sum(old_logp - logp, loss_mask).detach(),
+    }
+    if entropy is not None:
+        ent = masked_sum(entropy, loss_mask)
+        stats["entropy"] = ent.detach()
+        if cfg.entropy_coeff:
+            total = total - cfg.entropy_coeff * ent
+    if ref_logp is not None:
+        kl = masked_sum(kl_k3(logp, ref_logp), loss_mask)
+        stats["kl"] = kl.detach()
+        if cfg.kl_coef:
+            total = total + cfg.kl_coef * kl
+    return total, stats
+
+
+def value_loss_terms(
+    values: Tensor, old_values: Tensor, returns: Tensor, mask: Tensor, cliprange: float | None
+) -> tuple[Tensor, Tensor]:
+    """Clipped value loss of one head summed over ``mask`` (all ``[B]`` at the head's read position).
+
+    ``0.5 * max((v - G)^2, (clip(v, v_old - c, v_old + c) - G)^2)`` (verl's convention, including
+    the 0.5); ``cliprange=None`` disables clipping. Returns (loss sum, clipped-count).
+    """
+    err = (values - returns) ** 2
+    if cliprange is None:
+        per = err
+        clipped = torch.zeros_like(err)
+    else:
+        v_clip = old_values + torch.clamp(values - old_values, -cliprange, cliprange)
+        err_clip = (v_clip - returns) ** 2
+        per = torch.maximum(err, err_clip)
+        clipped = (err_clip > err).float()
+    return 0.5 * masked_sum(per, mask), masked_sum(clipped, mask).detach()
+
+
+def explained_variance(pred: Tensor, target: Tensor, mask: Tensor) -> float:
+    """``1 - Var[target - pred] / Var[target]`` over ``mask`` (NaN when fewer than 2 points or Var = 0)."""
+    m = mask.bool()
+    if int(m.sum()) < 2:
+        return float("nan")
+    y = target[m].double()
+    p = pred[m].double()
+    var_y = y.var(unbiased=False)
+    if float(var_y) == 0.0:
+        return float("nan")
+    return float(1.0 - (y - p).var(unbiased=False) / var_y)
+
+
+def grads_finite(params: list[torch.nn.Parameter]) -> bool:
+    """True when every existing gradient is finite (one fused check, no per-element Python loop)."""
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return True
+    norms = torch.stack([torch.linalg.vector_norm(g.detach().float()) for g in grads])
+    return bool(torch.isfinite(norms).all())
+
+
+def safe_step(
+    optimizer: torch.optim.Optimizer,
+    params: list[torch.nn.Parameter],
+    grad_clip: float | None,
+    loss_finite: bool = True,
+) -> tuple[bool, float]:
+    """Clip and apply one optimizer step only if the loss and all gradients are finite.
+
+    Returns ``(stepped, grad_norm)``. A skipped step zeroes the gradients and leaves parameters and
+    optimizer state untouched, so one NaN batch cannot corrupt the weights.
+    """
+    if not loss_finite or not grads_finite(params):
+        optimizer.zero_grad(set_to_none=True)
+        return False, float("nan")
+    if grad_clip is not None and grad_clip > 0:
+        norm = torch.nn.utils.clip_grad_norm_(params, grad_clip)
+    else:
+        grads = [p.grad.detach().float() for p in params if p.grad is not None]
+        norm = (
+            torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
+            if grads
+            else 0.0
+        )
+    grad_norm = float(norm)
+    if not math.isfinite(grad_norm):
+        optimizer.zero_grad(set_to_none=True)
+        return False, grad_norm
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return True, grad_norm

@@ -1,0 +1,149 @@
+"""Behaviour cloning (SFT warm start) on expert trajectories rendered in the Plan-Execute protocol.
+
+The env manager renders each turn's prompt exactly as during RL; the expert policy
+(:class:`hiper.rollout.ExpertPolicy`) writes ``format_response(switch, subgoal, action)``. Each example
+is ``(chat_prompt(prompt) token ids, response token ids + EOS)`` and the loss is the mean NLL over
+the response tokens only (the prompt is context).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from hiper.trainer import ppo
+from hiper.trainer.models import response_logprobs
+
+
+@dataclass
+class SFTExample:
+    """One (prompt, response) pair as token ids; the loss covers ``response_ids`` only."""
+
+    prompt_ids: list[int]
+    response_ids: list[int]
+
+
+def expert_trajectories(manager: Any, tasks: Sequence[Any]) -> list[Any]:
+    """Roll out the env's expert on ``tasks`` through ``manager`` (prompts rendered as in RL)."""
+    from hiper.envs.manager import run_episodes
+    from hiper.rollout.policies import ExpertPolicy
+
+    return run_episodes(manager, ExpertPolicy(manager), tasks)
+
+
+def examples_from_trajectories(
+    trajectories: Sequence[Any], tokenizer: Any, max_turns_per_episode: int | None = None
+) -> list[SFTExample]:
+    """Tokenise every turn: chat-templated prompt ids, response ids followed by the EOS token."""
+    from hiper.protocol import chat_prompt
+
+    out = []
+    eos = tokenizer.eos_token_id
+    for traj in trajectories:
+        turns = traj.turns if max_turns_per_episode is None else traj.turns[:max_turns_per_episode]
+        for turn in turns:
+            prompt = chat_prompt(tokenizer, turn.prompt)
+            p = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+            r = tokenizer(turn.response, add_special_tokens=False)["input_ids"] + (
+                [eos] if eos is not None else []
+            )
+            out.append(SFTExample(list(p), list(r)))
+    return out
+
+
+def collate(examples: Sequence[SFTExample], pad_id: int) -> tuple[Tensor, Tensor, int, Tensor, Tensor]:
+    """-> (input ids ``[B, P+L]``, attention mask, ``P``, response ids ``[B, L]``, response mask ``[B, L]``).
+
+    Prompts are left-padded to ``P``, responses right-padded to ``L`` (the trainer's layout).
+    """
+    p_w = max(len(e.prompt_ids) for e in examples)
+    r_w = max(len(e.response_ids) for e in examples)
+    b = len(examples)
+    prompt = torch.full((b, p_w), pad_id, dtype=torch.long)
+    pmask = torch.zeros((b, p_w), dtype=torch.long)
+    resp = torch.full((b, r_w), pad_id, dtype=torch.long)
+    rmask = torch.zeros((b, r_w), dtype=torch.long)
+    for i, e in enumerate(examples):
+        lp, lr = len(e.prompt_ids), len(e.response_ids)
+        prompt[i, p_w - lp :] = torch.tensor(e.prompt_ids)
+        pmask[i, p_w - lp :] = 1
+        resp[i, :lr] = torch.tensor(e.response_ids)
+        rmask[i, :lr] = 1
+    return torch.cat([prompt, resp], 1), torch.cat([pmask, rmask], 1), p_w, resp, rmask.bool()
+
+
+def nll_sum(model: nn.Module, examples: Sequence[SFTExample], pad_id: int) -> tuple[Tensor, int]:
+    """(sum of response-token NLL, number of response tokens) of one batch (differentiable)."""
+    ids, mask, p_w, resp, rmask = collate(examples, pad_id)
+    logp, _ = response_logprobs(model, ids, mask, p_w, resp)
+    return -ppo.masked_sum(logp, rmask), int(rmask.sum())
+
+
+@torch.no_grad()
+def mean_nll(model: nn.Module, examples: Sequence[SFTExample], pad_id: int, batch_size: int = 32) -> float:
+    """Mean response-token NLL (nats/token) of ``examples`` (no gradient)."""
+    was_training = model.training
+    model.eval()
+    total, count = 0.0, 0
+    for s in range(0, len(examples), batch_size):
+        loss, n = nll_sum(model, examples[s : s + batch_size], pad_id)
+        total += float(loss)
+        count += n
+    model.train(was_training)
+    return total / max(count, 1)
+
+
+def sft_train(
+    model: nn.Module,
+    examples: Sequence[SFTExample],
+    pad_id: int,
+    epochs: int = 1,
+    lr: float = 1e-4,
+    batch_size: int = 16,
+    weight_decay: float = 0.0,
+    grad_clip: float | None = 1.0,
+    seed: int = 0,
+    optimizer: torch.optim.Optimizer | None = None,
+    micro_batch_size: int | None = None,
+) -> dict[str, Any]:
+    """Behaviour cloning: AdamW on the token-mean response NLL, ``epochs`` shuffled passes.
+
+    Shuffling uses a private generator seeded by ``seed`` (global RNG untouched). Batches are split
+    into micro-batches of ``micro_batch_size`` with the loss normalised by the batch's token count.
+    A non-finite loss skips the step. Returns ``{"losses": [per-step mean NLL], "steps", "skipped"}``.
+    """
+    if not examples:
+        raise ValueError("SFT needs at least one example")
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = optimizer or torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    gen = torch.Generator().manual_seed(seed)
+    micro = micro_batch_size or batch_size
+    model.train()
+    losses: list[float] = []
+    skipped = 0
+    for _ in range(epochs):
+        order = torch.randperm(len(examples), generator=gen).tolist()
+        for s in range(0, len(order), batch_size):
+            batch = [examples[i] for i in order[s : s + batch_size]]
+            n_tok = sum(len(e.response_ids) for e in batch)
+            total, finite = 0.0, True
+            # sort by length so micro-batches carry little padding
+            batch.sort(key=lambda e: len(e.prompt_ids) + len(e.response_ids))
+            for m in range(0, len(batch), micro):
+                loss, _ = nll_sum(model, batch[m : m + micro], pad_id)
+                loss = loss / n_tok
+                if not torch.isfinite(loss):
+                    finite = False
+                    break
+                loss.backward()
+                total += float(loss.detach())
+            stepped, _ = ppo.safe_step(opt, params, grad_clip, loss_finite=finite)
+            skipped += not stepped
+            losses.append(total if finite else math.nan)
+    model.eval()
+    return {"losses": losses, "steps": len(losses), "skipped": skipped}

@@ -1,0 +1,254 @@
+"""``TurnBatch``: the flat list of (prompt, response) turn samples of a rollout, as padded tensors.
+
+One row per (trajectory, turn). Prompts are **left**-padded to ``P`` and responses **right**-padded to
+``L`` so that response token ``j`` is always at input position ``P + j`` (see
+:mod:`hiper.trainer.models`). Role masks and value read positions come from :func:`hiper.spans.token_spans`
+(the trainer-side parse of the generated token ids); per-turn scalars (reward, done, validity, ...)
+come from the env manager's :class:`~hiper.envs.manager.TurnRecord`. ``traj_index``/``turn_index``
+place each row in the padded ``[n_traj, T_max]`` layout of :mod:`hiper.advantage`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field, fields, replace
+from typing import Any
+
+import torch
+from torch import Tensor
+
+
+def _pad_right(seqs: Sequence[Sequence[int]], pad: int, width: int | None = None) -> tuple[Tensor, Tensor]:
+    """Right-pad int sequences -> (ids ``[N, W]`` long, mask ``[N, W]`` bool)."""
+    width = max((len(s) for s in seqs), default=0) if width is None else width
+    ids = torch.full((len(seqs), max(width, 1)), pad, dtype=torch.long)
+    mask = torch.zeros((len(seqs), max(width, 1)), dtype=torch.bool)
+    for i, s in enumerate(seqs):
+        n = len(s)
+        if n:
+            ids[i, :n] = torch.as_tensor(list(s), dtype=torch.long)
+            mask[i, :n] = True
+    return ids, mask
+
+
+def _pad_left(seqs: Sequence[Sequence[int]], pad: int) -> tuple[Tensor, Tensor]:
+    """Left-pad int sequences -> (ids ``[N, W]`` long, mask ``[N, W]`` bool)."""
+    width = max(max((len(s) for s in seqs), default=0), 1)
+    ids = torch.full((len(seqs), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.bool)
+    for i, s in enumerate(seqs):
+        n = len(s)
+        if n:
+            ids[i, width - n :] = torch.as_tensor(list(s), dtype=torch.long)
+            mask[i, width - n :] = True
+    return ids, mask
+
+
+@dataclass
+class TurnBatch:
+    """Padded tensors of ``N`` turn samples (``P`` prompt width, ``L`` response width).
+
+    Token tensors: ``prompt_ids``/``prompt_mask`` ``[N, P]`` (left-padded), ``response_ids``/
+    ``response_mask`` ``[N, L]`` (right-padded), role masks ``action_mask``/``subgoal_mask``/
+    ``switch_mask`` ``[N, L]`` bool (tags included, ANDed with the response mask).
+    Per-row: ``v_low_pos``/``v_high_pos`` ``[N]`` long (response positions), ``traj_index``/
+    ``turn_index`` ``[N]`` long, ``rewards`` ``[N]`` float (env reward, unscaled), ``dones``,
+    ``truncated``, ``valid``, ``keep_inconsistent``, ``boundary`` (trainer-side switch flag) ``[N]``
+    bool, ``group`` ``[n_traj]`` long. Filled later by the trainer: ``old_logprobs``/``ref_logprobs``
+    ``[N, L]``, ``old_values`` ``{head: [N]}``, ``advantages``/``loss_mask`` ``[N, L]``,
+    ``returns``/``value_mask`` ``{head: [N]}``.
+    """
+
+    prompt_ids: Tensor
+    prompt_mask: Tensor
+    response_ids: Tensor
+    response_mask: Tensor
+    action_mask: Tensor
+    subgoal_mask: Tensor
+    switch_mask: Tensor
+    v_low_pos: Tensor
+    v_high_pos: Tensor
+    traj_index: Tensor
+    turn_index: Tensor
+    rewards: Tensor
+    dones: Tensor
+    truncated: Tensor
+    valid: Tensor
+    keep_inconsistent: Tensor
+    boundary: Tensor
+    group: Tensor
+    n_traj: int
+    t_max: int
+    state_keys: list[str] = field(default_factory=list)
+    task_types: list[str] = field(default_factory=list)
+    old_logprobs: Tensor | None = None
+    ref_logprobs: Tensor | None = None
+    old_values: dict[str, Tensor] = field(default_factory=dict)
+    advantages: Tensor | None = None
+    loss_mask: Tensor | None = None
+    returns: dict[str, Tensor] = field(default_factory=dict)
+    value_mask: dict[str, Tensor] = field(default_factory=dict)
+
+    # -- construction ----------------------------------------------------------------------------
+
+    @classmethod
+    def from_trajectories(
+        cls,
+        trajectories: Sequence[Any],
+        table: Any,
+        pad_token_id: int,
+        max_prompt_length: int | None = None,
+    ) -> TurnBatch:
+        """Flatten trajectories (``Trajectory`` of :mod:`hiper.envs.manager`) into a batch.
+
+        Each turn's ``extras`` must hold ``prompt_ids`` and ``response_ids`` (list of ints, as the engine
+        policy records them). Trailing pad tokens of a response are dropped. ``table`` is a
+        :class:`hiper.spans.TokenByteTable` for the policy tokenizer. Prompts longer than
+        ``max_prompt_length`` raise ``ValueError`` (never silently truncated: truncation would change
+        the state the policy saw).
+        """
+        from hiper.spans import token_spans
+
+        prompts, responses, rows = [], [], []
+        for i, traj in enumerate(trajectories):
+            for t, turn in enumerate(traj.turns):
+                extras = turn.extras
+                if "prompt_ids" not in extras or "response_ids" not in extras:
+                    raise ValueError(
+                        f"turn {t} of trajectory {i} has no token ids in extras (got {sorted(extras)}); "
+                        "roll out with an engine policy that records prompt_ids/response_ids"
+                    )
+                p = [int(x) for x in extras["prompt_ids"]]
+                r = [int(x) for x in extras["response_ids"]]
+                while r and r[-1] == pad_token_id:
+                    r.pop()
+                if max_prompt_length is not None and len(p) > max_prompt_length:
+                    raise ValueError(
+                        f"prompt of {len(p)} tokens exceeds rollout.max_prompt_length={max_prompt_length} "
+                        f"(task {turn.task}, turn {t})"
+                    )
+                if not r:
+                    r = [pad_token_id]  # an empty generation: one masked-out token keeps shapes valid
+                    empty = True
+                else:
+                    empty = False
+                prompts.append(p)
+                responses.append(r)
+                rows.append((i, t, turn, empty))
+        if not rows:
+            raise ValueError("no turns to batch")
+        prompt_ids, prompt_mask = _pad_left(prompts, pad_token_id)
+        response_ids, response_mask = _pad_right(responses, pad_token_id)
+        empty_rows = torch.tensor([e for *_, e in rows], dtype=torch.bool)
+        response_mask[empty_rows] = False
+        spans = token_spans(table, response_ids, response_mask)
+        n = len(rows)
+        traj_index = torch.tensor([i for i, *_ in rows], dtype=torch.long)
+        turn_index = torch.tensor([t for _, t, *_ in rows], dtype=torch.long)
+
+        def col(fn: Any, dtype: torch.dtype) -> Tensor:
+            return torch.tensor([fn(rec) for _, _, rec, _ in rows], dtype=dtype)
+
+        # the trainer-side parse of the token ids decides the segment boundary (spec 2.5 b); the manager's
+        # text parse is what the env saw -- they agree for well-formed text
+        boundary = torch.tensor(
+            [bool(getattr(p, "is_boundary", False)) for p in spans.parsed], dtype=torch.bool
+        )
+        groups = [traj.group if traj.group is not None else i for i, traj in enumerate(trajectories)]
+        return cls(
+            prompt_ids=prompt_ids,
+            prompt_mask=prompt_mask,
+            response_ids=response_ids,
+            response_mask=spans.response_mask.bool() & response_mask,
+            action_mask=spans.action_mask.bool() & response_mask,
+            subgoal_mask=spans.subgoal_mask.bool() & response_mask,
+            switch_mask=spans.switch_mask.bool() & response_mask,
+            v_low_pos=spans.v_low_pos.long().view(n),
+            v_high_pos=spans.v_high_pos.long().view(n),
+            traj_index=traj_index,
+            turn_index=turn_index,
+            rewards=col(lambda r: r.reward, torch.float32),
+            dones=col(lambda r: r.done and not r.truncated, torch.bool),
+            truncated=col(lambda r: r.truncated, torch.bool),
+            valid=col(lambda r: r.valid, torch.bool),
+            keep_inconsistent=col(lambda r: r.keep_inconsistent, torch.bool),
+            boundary=boundary,
+            group=torch.tensor(groups, dtype=torch.long),
+            n_traj=len(trajectories),
+            t_max=max(len(traj.turns) for traj in trajectories),
+            state_keys=[rec.state_key for _, _, rec, _ in rows],
+            task_types=[rec.task_type for _, _, rec, _ in rows],
+        )
+
+    # -- views -----------------------------------------------------------------------------------
+
+    def __len__(self) -> int:
+        return int(self.prompt_ids.shape[0])
+
+    @property
+    def prompt_width(self) -> int:
+        return int(self.prompt_ids.shape[1])
+
+    def input_ids(self) -> tuple[Tensor, Tensor]:
+        """(``[N, P + L]`` ids, ``[N, P + L]`` attention mask) of prompt + response."""
+        ids = torch.cat([self.prompt_ids, self.response_ids], dim=1)
+        mask = torch.cat([self.prompt_mask, self.response_mask], dim=1)
+        return ids, mask.long()
+
+    def n_tokens(self) -> Tensor:
+        """``[N]`` real tokens per row (prompt + response)."""
+        return self.prompt_mask.sum(1) + self.response_mask.sum(1)
+
+    def select(self, index: Tensor) -> TurnBatch:
+        """Rows ``index`` (``[M]`` long), trimmed to the widest prompt/response among them (less padding)."""
+        index = index.long()
+        p_len = int(self.prompt_mask[index].sum(1).max())
+        r_len = max(int(self.response_mask[index].sum(1).max()), 1)
+        r_len = max(r_len, int(self.v_low_pos[index].max()) + 1)
+        p0 = self.prompt_width - max(p_len, 1)
+        out: dict[str, Any] = {}
+        for f in fields(self):
+            v = getattr(self, f.name)
+            if f.name in ("prompt_ids", "prompt_mask"):
+                out[f.name] = v[index, p0:]
+            elif f.name in ("group", "n_traj", "t_max"):
+                out[f.name] = v
+            elif f.name in ("state_keys", "task_types"):
+                out[f.name] = [v[int(i)] for i in index] if v else []
+            elif isinstance(v, dict):
+                out[f.name] = {k: t[index] for k, t in v.items()}
+            elif isinstance(v, Tensor):
+                out[f.name] = v[index, :r_len] if v.dim() == 2 else v[index]
+            else:
+                out[f.name] = v
+        return replace(self, **out)
+
+    def micro_batches(self, index: Tensor, micro_batch_size: int) -> Iterator[TurnBatch]:
+        """Padding-aware micro-batches over rows ``index``: rows sorted by length, chunked, trimmed.
+
+        Sorting is stable on (length, original position), so the split is deterministic.
+        """
+        if micro_batch_size < 1:
+            raise ValueError(f"micro_batch_size must be >= 1, got {micro_batch_size}")
+        index = index.long()
+        lengths = self.n_tokens()[index]
+        order = torch.argsort(lengths, stable=True)
+        ordered = index[order]
+        for start in range(0, len(ordered), micro_batch_size):
+            yield self.select(ordered[start : start + micro_batch_size])
+
+    def turn_tensor(self, flat: Tensor, fill: float | bool | int = 0) -> Tensor:
+        """Scatter per-row values ``[N, ...]`` into the padded ``[n_traj, T_max, ...]`` layout."""
+        from hiper.advantage.layout import pad_turns
+
+        return pad_turns(flat, self.traj_index, self.turn_index, self.n_traj, self.t_max, fill)
+
+    def flat(self, padded: Tensor) -> Tensor:
+        """Gather padded ``[n_traj, T_max, ...]`` values back to rows ``[N, ...]``."""
+        from hiper.advantage.layout import unpad
+
+        return unpad(padded, self.traj_index, self.turn_index)
+
+    def turn_mask(self) -> Tensor:
+        """``[n_traj, T_max]`` bool: which (trajectory, turn) entries are real."""
+        return self.turn_tensor(torch.ones(len(self), dtype=torch.bool), fill=False)
