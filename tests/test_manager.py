@@ -244,3 +244,14 @@ def test_manager_validates_arguments() -> None:
         make_manager(history_length=-1)
     with pytest.raises(ValueError):
         make_manager().reset([])
+
+
+def test_expert_with_unformattable_action_is_recorded_invalid() -> None:
+    class CJKEnv(CorridorEnv):
+        def expert(self) -> ExpertStep:
+            return ExpertStep("buy it", "search[【2 pack】 phone case]")
+
+    m = EnvManager(InProcessBatch(CJKEnv), family="household")
+    m.reset(tasks(1))
+    (rec,) = m.step(ExpertPolicy(m).act(m.requests()))
+    assert not rec.valid and rec.parsed.errors == ("cjk",) and rec.action == "search[【2 pack】 phone case]"

@@ -38,6 +38,22 @@ def _switch_enum() -> Any:
     return Switch
 
 
+def write_response(switch: Any, subgoal: str, action: str) -> str:
+    """:func:`hiper.protocol.format_response`, or the same three blocks written verbatim when it refuses.
+
+    ``format_response`` rejects content the parser would flag (CJK text, e.g. a WebShop oracle query
+    copied from a product title). A scripted policy must still act, so the blocks are written as is
+    and the parser records the turn as invalid (``errors`` says why) while the env gets the action.
+    """
+    from hiper.protocol import format_response
+
+    try:
+        return format_response(switch, subgoal, action)
+    except ValueError:
+        value = getattr(switch, "value", str(switch))
+        return f"<switch>{value}</switch>\n<subgoal>{subgoal.strip()}</subgoal>\n<action>{action.strip()}</action>"
+
+
 class ExpertPolicy(BasePolicy):
     """Follows the env's expert/oracle and writes well-formed protocol responses.
 
@@ -52,15 +68,13 @@ class ExpertPolicy(BasePolicy):
         self.source = source
 
     def act(self, requests: Sequence[TurnRequest]) -> dict[int, str]:
-        from hiper.protocol import format_response
-
         switch = _switch_enum()
         steps = self.source.expert([r.slot for r in requests])
         out = {}
         for r in requests:
             step = steps[r.slot]
             keep = r.turn > 0 and r.current_subgoal is not None and step.subgoal == r.current_subgoal
-            out[r.slot] = format_response(switch.KEEP if keep else switch.SWITCH, step.subgoal, step.action)
+            out[r.slot] = write_response(switch.KEEP if keep else switch.SWITCH, step.subgoal, step.action)
         return out
 
 
@@ -81,8 +95,6 @@ class RandomPolicy(BasePolicy):
         self.switch_prob = switch_prob
 
     def act(self, requests: Sequence[TurnRequest]) -> dict[int, str]:
-        from hiper.protocol import format_response
-
         switch = _switch_enum()
         out = {}
         for r in requests:
@@ -91,9 +103,9 @@ class RandomPolicy(BasePolicy):
             if sep and rest.endswith(">]"):  # a template such as search[<your query>]: use the task text
                 action = f"{head}[{r.task.strip() or 'item'}]"
             if r.current_subgoal is None or self.rng.random() < self.switch_prob:
-                out[r.slot] = format_response(switch.SWITCH, f"do: {action}", action)
+                out[r.slot] = write_response(switch.SWITCH, f"do: {action}", action)
             else:
-                out[r.slot] = format_response(switch.KEEP, r.current_subgoal, action)
+                out[r.slot] = write_response(switch.KEEP, r.current_subgoal, action)
         return out
 
 
@@ -160,4 +172,4 @@ class EnginePolicy(BasePolicy):
         return self.act_with_extras(requests)[0]
 
 
-__all__ = ["BasePolicy", "EnginePolicy", "ExpertPolicy", "Policy", "RandomPolicy"]
+__all__ = ["BasePolicy", "EnginePolicy", "ExpertPolicy", "Policy", "RandomPolicy", "write_response"]
