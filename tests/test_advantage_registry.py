@@ -254,6 +254,19 @@ def test_pad_unpad_roundtrip_in_any_order():
     torch.testing.assert_close(unpad(pad_turns(vec, traj, turn, 4, 6), traj, turn), vec)
 
 
+def test_empty_layouts():
+    from hiper.advantage import HAEConfig, hae
+
+    empty = torch.zeros(0, 4)
+    none = torch.zeros(0, 4, dtype=torch.bool)
+    res = hae(empty, none, none, empty, empty, empty, none, HAEConfig())
+    assert res.adv_low.shape == (0, 4)
+    with pytest.raises(ValueError, match="T_max >= 1"):
+        z = torch.zeros(2, 0)
+        b = torch.zeros(2, 0, dtype=torch.bool)
+        hae(z, b, b, z, z, z, b, HAEConfig())
+
+
 def test_layout_errors():
     traj, turn = torch.tensor([0, 0, 1]), torch.tensor([0, 1, 0])
     with pytest.raises(ValueError, match="duplicate"):

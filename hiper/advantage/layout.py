@@ -116,6 +116,8 @@ def check_turn_tensors(turn_mask: Tensor, **tensors: Tensor | None) -> None:
     """
     check_left_aligned(turn_mask)
     shape = turn_mask.shape
+    if shape[1] == 0:
+        raise ValueError("the layout needs at least one turn column (T_max >= 1)")
     for name, x in tensors.items():
         if x is None:
             continue
