@@ -191,3 +191,12 @@ def test_reset_rejects_bad_tasks(env):
         env.reset(TaskSpec("webshop", "test", 10_000, 0))
     with pytest.raises(ValueError):
         env.reset(TaskSpec("webshop", "bogus:test", 0, 0))
+
+
+def test_oracle_queries_are_parser_safe():
+    from hiper.envs.webshop.env import sanitize_query
+    from hiper.envs.webshop.pages import parse_action
+
+    query = sanitize_query("Men's [2 Pack] 锅巴 Shoes")
+    assert query == "men's 2 pack shoes"
+    assert parse_action(f"search[{query}]") == ("search", query)

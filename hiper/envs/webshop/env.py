@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +56,7 @@ SUBGOAL_OPTIONS = "select the options"
 SUBGOAL_BUY = "buy the product"
 
 _INDEXES: dict[str, BM25Index] = {}
+_UNSAFE_QUERY_CHARS = re.compile(r"[\[\]\u4e00-\u9fff]")
 
 
 def search_index(catalogue: Catalogue) -> BM25Index:
@@ -73,6 +75,15 @@ def parse_split(split: str, default_mode: str) -> tuple[str, str]:
             raise ValueError(f"unknown WebShop split mode {mode!r} in split {split!r}; choose one of {SPLIT_MODES}")
         return mode, name
     return default_mode, split
+
+
+def sanitize_query(text: str) -> str:
+    """A search query the action parser and the protocol accept: lower-case, no brackets, no CJK.
+
+    ``[``/``]`` would break ``re.match(r"(.+)\\[(.+)\\]")``; CJK characters make verl-agent's (and
+    hiper's) parser flag the whole response invalid.
+    """
+    return " ".join(_UNSAFE_QUERY_CHARS.sub(" ", text.lower()).split())
 
 
 def prompt_observation(obs: str, instruction: str) -> str:
@@ -331,13 +342,14 @@ class WebShopEnv:
         assert self.goal is not None
         target = self.goal["asin"]
         candidates = [self.goal["instruction_text"], self.catalogue.by_asin[target].title]
-        best, best_rank = candidates[0], SEARCH_RETURN_N + 1
+        best, best_rank = sanitize_query(candidates[0]), SEARCH_RETURN_N + 1
         for text in candidates:
-            query = text.lower().replace("[", " ").replace("]", " ")
-            ranks = [i for i, hit in enumerate(self.index.search(query)) if self.catalogue.products[hit.docid].asin == target]
+            query = sanitize_query(text)
+            hits = self.index.search(query) if query else []
+            ranks = [i for i, hit in enumerate(hits) if self.catalogue.products[hit.docid].asin == target]
             if ranks and ranks[0] < best_rank:
                 best, best_rank = query, ranks[0]
-        return best.lower().replace("[", " ").replace("]", " ")
+        return best
 
     def expert(self) -> ExpertStep:
         """The oracle's next step: search, open the target product, select the goal options, buy."""
