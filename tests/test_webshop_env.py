@@ -17,12 +17,16 @@ GOAL0 = (
 TITLE0 = "J. Crew - Men's - Sutton Straight-Fit Flex Chino (Multiple Size/Color Options)"
 
 
-@pytest.fixture(scope="module")
-def env():
+@pytest.fixture(scope="module", autouse=True)
+def _require_data():
     try:
         load_catalogue(default_data_dir())
     except WebShopDataMissing as e:
         pytest.skip(f"WebShop data missing: {e}")
+
+
+@pytest.fixture(scope="module")
+def env():
     from hiper.envs.webshop import WebShopEnv
 
     return WebShopEnv(split_mode="verl-agent")
