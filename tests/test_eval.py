@@ -100,6 +100,8 @@ def test_eval_webshop_oracle(tmp_path: Path) -> None:
 @pytest.mark.alfworld
 def test_eval_alfworld_expert(tmp_path: Path) -> None:
     pytest.importorskip("alfworld")
+    pytest.importorskip("hiper.envs.alfworld", reason="hiper.envs.alfworld not available")
+    pytest.importorskip("hiper.envs.pool", reason="hiper.envs.pool not available")
     if not (SHARED / "data" / "alfworld").exists():
         pytest.skip("ALFWorld data not found")
     res = run_eval(tmp_path, "--env", "alfworld", "--split", "valid_unseen", "--policy", "expert", "--n", "4")
