@@ -17,7 +17,7 @@ env once its episode is done (spec §8.2 item 4: no wasted generation)::
 
 ``batch`` is any object with the batch-env API of :mod:`hiper.envs.pool`: ``reset(tasks) ->
 list[(obs, info)]`` (slot ``i`` runs ``tasks[i]``), ``step(actions: dict[slot, str]) -> dict[slot,
-StepResult]`` and optionally ``expert(slots) -> dict[slot, ExpertStep]``. :class:`InProcessBatch`
+StepResult]`` and optionally ``expert(slots) -> dict[slot, ExpertStep]``. :class:`~hiper.envs.pool.LocalEnvBatch`
 adapts plain :class:`~hiper.envs.base.TextEnv` instances in the current process.
 """
 
@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from hiper.envs.base import ExpertStep, StepResult, TaskSpec, TextEnv
+from hiper.envs.pool import LocalEnvBatch
 
 #: ``renderer(family, *, task, observation, admissible, current_subgoal, history, step) -> str``
 Renderer = Callable[..., str]
@@ -219,73 +220,21 @@ class TurnRequest:
 # --------------------------------------------------------------------------------------------------
 
 
-def _error_result(obs: str, reason: str, info: Mapping[str, Any] | None) -> StepResult:
-    base = dict(info or {})
-    base.update(truncated=True, truncation_reason=reason, won=False)
-    base.setdefault("admissible", [])
-    base.setdefault("score", 0.0)
-    return StepResult(obs=obs, reward=0.0, done=True, info=base)
+class InProcessBatch(LocalEnvBatch):
+    """:class:`~hiper.envs.pool.LocalEnvBatch` that can pre-build ``n`` envs: ``InProcessBatch(factory, n)``.
 
-
-class InProcessBatch:
-    """Batch-env adapter over plain :class:`TextEnv` instances running in this process.
-
-    ``factory`` builds one env (called lazily, so ``reset`` with more tasks grows the batch); slot
-    ``i`` runs ``tasks[i]``. An exception raised by an env's ``step`` does not kill the batch: that
-    slot's episode ends truncated with ``truncation_reason="env error: ..."`` (recorded, not hidden).
+    Slot ``i`` runs ``tasks[i]``; more tasks than envs grows the batch. An exception raised by an
+    env's ``step`` ends that slot's episode truncated with ``truncation_reason="env error: ..."``.
     """
 
     def __init__(self, factory: Callable[[], TextEnv], n: int = 0) -> None:
-        self.factory = factory
-        self.envs: list[TextEnv] = [factory() for _ in range(n)]
-        self._last_info: dict[int, dict[str, Any]] = {}
-
-    @property
-    def family(self) -> str | None:
-        return getattr(self.envs[0], "family", None) if self.envs else getattr(self.factory(), "family", None)
-
-    def reset(self, tasks: Sequence[TaskSpec]) -> list[tuple[str, dict[str, Any]]]:
-        while len(self.envs) < len(tasks):
-            self.envs.append(self.factory())
-        out = []
-        for slot, task in enumerate(tasks):
-            obs, info = self.envs[slot].reset(task)
-            self._last_info[slot] = info
-            out.append((obs, info))
-        return out
-
-    def step(self, actions: Mapping[int, str]) -> dict[int, StepResult]:
-        results: dict[int, StepResult] = {}
-        for slot, action in actions.items():
-            try:
-                obs, reward, done, info = self.envs[slot].step(action)
-            except Exception as exc:  # noqa: BLE001 -- recorded as a truncated episode, never swallowed silently
-                results[slot] = _error_result(
-                    "", f"env error: {type(exc).__name__}: {exc}", self._last_info.get(slot)
-                )
-                continue
-            self._last_info[slot] = info
-            results[slot] = StepResult(obs=obs, reward=float(reward), done=bool(done), info=info)
-        return results
-
-    def expert(self, slots: Iterable[int]) -> dict[int, ExpertStep]:
-        out = {}
-        for slot in slots:
-            env = self.envs[slot]
-            if not hasattr(env, "expert"):
-                raise TypeError(f"{type(env).__name__} has no expert(); cannot use the expert policy with it")
-            out[slot] = env.expert()
-        return out
-
-    def close(self) -> None:
-        for env in self.envs:
-            env.close()
+        super().__init__(factory)
+        self.envs = [factory() for _ in range(n)]
 
 
 def make_batch(env: str, n_workers: int = 0, timeout_s: float = 120.0, **env_kwargs: Any) -> Any:
     """A batch env for registered env ``env``: a worker :class:`~hiper.envs.pool.EnvPool` when
-    ``n_workers > 0``, otherwise an in-process batch (``LocalEnvBatch`` when the pool module provides
-    one, else :class:`InProcessBatch`)."""
+    ``n_workers > 0``, otherwise an in-process :class:`~hiper.envs.pool.LocalEnvBatch`."""
     from hiper.envs import make_env
 
     factory = functools.partial(make_env, env, **env_kwargs)
@@ -293,10 +242,6 @@ def make_batch(env: str, n_workers: int = 0, timeout_s: float = 120.0, **env_kwa
         from hiper.envs.pool import EnvPool
 
         return EnvPool(factory, n_workers=n_workers, timeout_s=timeout_s)
-    try:
-        from hiper.envs.pool import LocalEnvBatch
-    except ImportError:  # the pool module is optional for in-process runs
-        return InProcessBatch(factory)
     return LocalEnvBatch(factory)
 
 
