@@ -28,6 +28,8 @@ DEFAULT_SPLIT = {"household": "valid_seen", "alfworld": "valid_seen", "webshop":
 #: default worker processes per env (ALFWorld's TextWorld games are heavy: run them in a pool).
 DEFAULT_WORKERS = {"alfworld": 2}
 Z95 = 1.959963984540054
+#: default cap on episodes run at once in-process (bounds memory: every episode holds one env)
+MAX_IN_PROCESS = 1024
 
 
 # --------------------------------------------------------------------------------------------------
@@ -204,7 +206,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--concurrency",
         type=int,
         default=None,
-        help="episodes run at once (default: all for in-process envs, 16 per worker)",
+        help="episodes run at once (default: 16 per worker, else up to 1024 in-process)",
     )
     parser.add_argument("--max-steps", type=int, default=None, help="episode horizon (env kwarg max_steps)")
     parser.add_argument(
@@ -276,7 +278,7 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
     if not tasks:
         raise ValueError(f"split {split!r} of env {args.env!r} has no tasks")
     workers = args.workers if args.workers is not None else DEFAULT_WORKERS.get(args.env, 0)
-    concurrency = args.concurrency or (16 * workers if workers > 0 else len(tasks))
+    concurrency = args.concurrency or (16 * workers if workers > 0 else min(len(tasks), MAX_IN_PROCESS))
     batch = make_batch(args.env, n_workers=workers, **env_kwargs)
     manager = EnvManager(
         batch, family=ENV_FAMILIES[args.env], history_length=history_length, renderer=_renderer(prompt)

@@ -104,7 +104,7 @@ def test_eval_alfworld_expert(tmp_path: Path) -> None:
     pytest.importorskip("hiper.envs.pool", reason="hiper.envs.pool not available")
     if not (SHARED / "data" / "alfworld").exists():
         pytest.skip("ALFWorld data not found")
-    res = run_eval(tmp_path, "--env", "alfworld", "--split", "valid_unseen", "--policy", "expert", "--n", "4")
+    res = run_eval(tmp_path, "--env", "alfworld", "--split", "valid_unseen", "--policy", "expert", "--n", "2")
     assert res["summary"]["success"] == 1.0
 
 
