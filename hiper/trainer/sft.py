@@ -84,6 +84,27 @@ def nll_sum(model: nn.Module, examples: Sequence[SFTExample], pad_id: int) -> tu
     return -ppo.masked_sum(logp, rmask), int(rmask.sum())
 
 
+def full_nll_sums(model: nn.Module, examples: Sequence[SFTExample], pad_id: int) -> tuple[Tensor, int, Tensor, int]:
+    """(response NLL sum, response tokens, prompt NLL sum, prompt tokens) of one batch, one forward pass.
+
+    The prompt part is plain next-token prediction on the prompt text (the first prompt token has no
+    prediction). Used when ``prompt_loss_weight > 0``: a model trained from scratch has no language
+    prior, and predicting the prompt text teaches it the world's vocabulary and structure.
+    """
+    from hiper.trainer.models import backbone_and_head, hidden_states
+
+    ids, mask, p_w, resp, rmask = collate(examples, pad_id)
+    decoder, head = backbone_and_head(model)
+    logits = head(hidden_states(decoder, ids, mask)[:, :-1]).float()
+    logp = torch.log_softmax(logits, -1).gather(-1, ids[:, 1:].unsqueeze(-1)).squeeze(-1)  # [B, S-1]
+    target_mask = mask[:, 1:].bool() & mask[:, :-1].bool()
+    is_resp = torch.zeros_like(target_mask)
+    is_resp[:, p_w - 1 :] = rmask
+    prompt_mask = target_mask & ~is_resp
+    return (-ppo.masked_sum(logp, is_resp), int(is_resp.sum()), -ppo.masked_sum(logp, prompt_mask),
+            int(prompt_mask.sum()))
+
+
 @torch.no_grad()
 def mean_nll(model: nn.Module, examples: Sequence[SFTExample], pad_id: int, batch_size: int = 32) -> float:
     """Mean response-token NLL (nats/token) of ``examples`` (no gradient)."""
@@ -110,12 +131,14 @@ def sft_train(
     seed: int = 0,
     optimizer: torch.optim.Optimizer | None = None,
     micro_batch_size: int | None = None,
+    prompt_loss_weight: float = 0.0,
 ) -> dict[str, Any]:
     """Behaviour cloning: AdamW on the token-mean response NLL, ``epochs`` shuffled passes.
 
     Shuffling uses a private generator seeded by ``seed`` (global RNG untouched). Batches are split
     into micro-batches of ``micro_batch_size`` with the loss normalised by the batch's token count.
-    A non-finite loss skips the step. Returns ``{"losses": [per-step mean NLL], "steps", "skipped"}``.
+    ``prompt_loss_weight > 0`` adds that weight times the prompt tokens' mean next-token NLL
+    (see :func:`full_nll_sums`). A non-finite loss skips the step. Returns ``{"losses": [per-step mean NLL], "steps", "skipped"}``.
     """
     if not examples:
         raise ValueError("SFT needs at least one example")
@@ -131,12 +154,17 @@ def sft_train(
         for s in range(0, len(order), batch_size):
             batch = [examples[i] for i in order[s : s + batch_size]]
             n_tok = sum(len(e.response_ids) for e in batch)
+            n_prompt = max(sum(len(e.prompt_ids) - 1 for e in batch), 1)
             total, finite = 0.0, True
             # sort by length so micro-batches carry little padding
             batch.sort(key=lambda e: len(e.prompt_ids) + len(e.response_ids))
             for m in range(0, len(batch), micro):
-                loss, _ = nll_sum(model, batch[m : m + micro], pad_id)
-                loss = loss / n_tok
+                if prompt_loss_weight > 0:
+                    r_sum, _, p_sum, _ = full_nll_sums(model, batch[m : m + micro], pad_id)
+                    loss = r_sum / n_tok + prompt_loss_weight * p_sum / n_prompt
+                else:
+                    loss, _ = nll_sum(model, batch[m : m + micro], pad_id)
+                    loss = loss / n_tok
                 if not torch.isfinite(loss):
                     finite = False
                     break

@@ -133,6 +133,7 @@ class Trainer:
         self._manager: Any = None
         self._eval_manager: Any = None
         self._train_pool: list[Any] | None = None
+        self.last_batch: TurnBatch | None = None
         self.loss_cfg = ppo.PPOLossConfig(
             clip_ratio_low=float(cfg_get(self.actor_cfg, "clip_ratio_low", 0.2)),
             clip_ratio_high=float(cfg_get(self.actor_cfg, "clip_ratio_high", 0.2)),
@@ -236,9 +237,11 @@ class Trainer:
             from hiper.envs import task_panel
 
             n = int(cfg_get(self.env_cfg, "train_pool_size", 4096))
-            self._train_pool = task_panel(
-                self.env_name, str(cfg_get(self.env_cfg, "train_split", "train")), n=n, seed=self.seed
-            )
+            split = str(cfg_get(self.env_cfg, "train_split", "train"))
+            try:
+                self._train_pool = task_panel(self.env_name, split, n=n, seed=self.seed)
+            except ValueError:  # the split is smaller than the pool size: use all of it
+                self._train_pool = task_panel(self.env_name, split, n=None, seed=self.seed)
             if not self._train_pool:
                 raise ValueError(f"env {self.env_name!r} has no tasks in its train split")
         return self._train_pool
@@ -614,6 +617,7 @@ class Trainer:
         metrics["perf/update_tokens_per_s"] = n_train_tok * int(cfg_get(self.actor_cfg, "ppo_epochs", 1)) / max(
             times["update"], 1e-9)
         metrics["perf/turn_samples"] = float(len(batch))
+        self.last_batch = batch
         self.iteration_count += 1
         metrics["iteration"] = self.iteration_count
         self._emit(metrics, self.iteration_count)
@@ -670,6 +674,7 @@ class Trainer:
             epochs=int(cfg_get(self.sft_cfg, "epochs", 1)), lr=float(cfg_get(self.sft_cfg, "lr", 1e-4)),
             batch_size=int(cfg_get(self.sft_cfg, "batch_size", 16)), seed=_seed_of(self.seed, 13),
             micro_batch_size=int(cfg_get(self.sft_cfg, "micro_batch_size", cfg_get(self.sft_cfg, "batch_size", 16))),
+            prompt_loss_weight=float(cfg_get(self.sft_cfg, "prompt_loss_weight", 0.0)),
         )
         after = sft_mod.mean_nll(self.policy, examples, self.pad_id)
         self.sft_done = True
