@@ -106,7 +106,8 @@ def alfworld_json_dir(data_dir: str | os.PathLike[str] | None = None, unpack: bo
 
     1. ``data_dir`` (either an ``$ALFWORLD_DATA``-style root containing ``json_2.1.1/`` or the
        ``json_2.1.1`` directory itself);
-    2. ``$ALFWORLD_DATA`` (root containing ``json_2.1.1/``, as written by ``alfworld-download``);
+    2. ``$ALFWORLD_DATA`` (root containing ``json_2.1.1/``, as written by ``alfworld-download``),
+       skipped when it has no game files;
     3. the cache ``$HIPER_CACHE/alfworld/json_2.1.1``, unpacked on first use (if ``unpack``) from
        ``$HIPER_SHARED/data/alfworld/json_2.1.1.tar.xz``;
     4. otherwise :class:`DataNotFoundError` explaining how to get the data.
@@ -118,23 +119,22 @@ def alfworld_json_dir(data_dir: str | os.PathLike[str] | None = None, unpack: bo
                 f"ALFWorld data_dir={data_dir!s} has neither {ALFWORLD_JSON_DIR}/<split>/ nor <split>/ folders"
             )
         return found
+    # ``import alfworld`` itself sets ALFWORLD_DATA=~/.cache/alfworld (and creates it, empty) when unset,
+    # so a set-but-empty ALFWORLD_DATA falls through to the cache instead of failing.
     env = os.environ.get("ALFWORLD_DATA")
     if env:
         found = _json_root(Path(env).expanduser())
-        if found is None:
-            raise DataNotFoundError(
-                f"$ALFWORLD_DATA={env} has no {ALFWORLD_JSON_DIR}/ folder; run `alfworld-download` "
-                "or point ALFWORLD_DATA at the directory that contains json_2.1.1/"
-            )
-        return found
+        if found is not None:
+            return found
     cached = cache_dir() / "alfworld" / ALFWORLD_JSON_DIR
     if cached.is_dir():
         return cached
     archive = shared_dir() / "data" / "alfworld" / ALFWORLD_ARCHIVE
     if unpack and archive.is_file():
         return unpack_once(archive, cache_dir() / "alfworld", ALFWORLD_JSON_DIR, ALFWORLD_ARCHIVE_SHA256)
+    checked = f" ($ALFWORLD_DATA={env} has no {ALFWORLD_JSON_DIR}/)" if env else ""
     raise DataNotFoundError(
-        "ALFWorld game files not found. Either run `alfworld-download` (from the alfworld package) and set "
+        f"ALFWorld game files not found{checked}. Either run `alfworld-download` (from the alfworld package) and set "
         "ALFWORLD_DATA to the folder it wrote (the one containing json_2.1.1/), pass data_dir=..., or "
         f"provide the archive {archive} (set HIPER_SHARED to the folder holding data/alfworld/)."
     )
