@@ -25,7 +25,7 @@ demo: install
 	$(BIN)/hiper bench advantage
 
 test: install
-	$(BIN)/ruff check hiper tests benchmarks
+	$(BIN)/ruff check hiper tests scripts
 	$(BIN)/python -m pytest -q -p no:cacheprovider
 
 bench: install
