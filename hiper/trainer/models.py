@@ -28,6 +28,9 @@ DEMO_CHAT_TEMPLATE = (
 _SPLIT_REGEX = (
     r"</?(?:switch|subgoal|action)>|'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}<]+| ?<|\s+(?!\S)|\s+"
 )
+#: with ``entity_tokens``: a word followed by a number ("fridge 1", "apple 2") is one piece, so BPE can give
+#: each object / receptacle instance its own token and copying one from the prompt is a one-token lookup.
+_ENTITY_REGEX = r" ?\p{L}+ \p{N}+(?![\p{L}\p{N}])|"
 
 DTYPES = {
     "float32": torch.float32,
@@ -66,13 +69,16 @@ def resolve_dtype(name: str | torch.dtype | None) -> torch.dtype:
 # ----------------------------------------------------------------------------------------------
 
 
-def build_demo_tokenizer(texts: Iterable[str], vocab_size: int = 1024, min_frequency: int = 2) -> Any:
+def build_demo_tokenizer(
+    texts: Iterable[str], vocab_size: int = 1024, min_frequency: int = 2, entity_tokens: bool = False
+) -> Any:
     """Train a byte-level BPE tokenizer on ``texts`` in code (no downloads) and wrap it for transformers.
 
     The pre-tokenizer isolates the protocol tags (``<switch>`` ... ``</action>``) so each can become one
     token, then applies GPT-2 style byte-level splitting; the result is a ``PreTrainedTokenizerFast``
     with ``<|end|>`` as EOS, ``<|pad|>`` as padding and :data:`DEMO_CHAT_TEMPLATE`. Training is
-    deterministic for a fixed corpus.
+    deterministic for a fixed corpus. ``entity_tokens=True`` keeps "word number" pairs together in
+    pre-tokenization (see ``_ENTITY_REGEX``).
     """
     from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
@@ -80,7 +86,8 @@ def build_demo_tokenizer(texts: Iterable[str], vocab_size: int = 1024, min_frequ
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.Sequence(
         [
-            pre_tokenizers.Split(Regex(_SPLIT_REGEX), behavior="isolated"),
+            pre_tokenizers.Split(Regex(_SPLIT_REGEX.replace("'s|", ("'s|" + _ENTITY_REGEX) if entity_tokens else "'s|", 1)),
+                                 behavior="isolated"),
             pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
         ]
     )
