@@ -192,8 +192,9 @@ class _ConsoleLogger:
     def log(self, metrics: dict[str, Any], step: int) -> None:
         if self.quiet:
             return
-        keys = ("rollout/success", "rollout/length", "rollout/invalid_rate", "rollout/switch_rate",
-                "eval/success", "critic/low_explained_var", "actor/entropy", "time/iteration", "sft/nll_after")
+        keys = ("train/success", "train/episode_length", "train/invalid_rate", "train/inadmissible_rate",
+                "train/switch_rate", "eval/success", "critic/explained_var_low", "actor/entropy", "time/iteration",
+                "sft/nll_after", "time/sft")
         shown = {k: metrics[k] for k in keys if k in metrics}
         if shown:
             print(f"[{step:3d}] " + "  ".join(f"{k.split('/', 1)[1]}={v:.3f}" for k, v in shown.items()), flush=True)
@@ -206,8 +207,8 @@ def plot_learning_curve(history: Sequence[Mapping[str, Any]], path: str, title: 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    it = [h["iteration"] for h in history if "rollout/success" in h]
-    tr = [h["rollout/success"] for h in history if "rollout/success" in h]
+    it = [h["iteration"] for h in history if "train/success" in h]
+    tr = [h["train/success"] for h in history if "train/success" in h]
     ev_it = [h["iteration"] for h in history if "eval/success" in h]
     ev = [h["eval/success"] for h in history if "eval/success" in h]
     fig, ax = plt.subplots(figsize=(6, 3.6))
@@ -231,7 +232,7 @@ def format_table(before: Mapping[str, Any], after: Mapping[str, Any]) -> str:
     rows = [("success (all)", "eval/success")]
     types = sorted({k.split("/", 2)[2] for k in list(before) + list(after) if k.startswith("eval/success/")})
     rows += [(f"  {t}", f"eval/success/{t}") for t in types]
-    rows += [("episode length", "eval/length"), ("invalid-format rate", "eval/invalid_rate"),
+    rows += [("episode length", "eval/episode_length"), ("invalid-format rate", "eval/invalid_rate"),
              ("switch rate", "eval/switch_rate"), ("inadmissible rate", "eval/inadmissible_rate")]
     lines = [f"{'held-out (valid_seen)':<26}{'SFT only':>10}{'SFT + HiPER RL':>16}", "-" * 52]
     for name, key in rows:

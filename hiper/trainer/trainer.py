@@ -454,9 +454,9 @@ class Trainer:
         for h, ret in batch.returns.items():
             m = batch.value_mask.get(h)
             if m is not None and h in batch.old_values and bool(m.any()):
-                metrics[f"critic/{h}_explained_var"] = ppo.explained_variance(batch.old_values[h], ret, m)
-                metrics[f"critic/{h}_return_mean"] = float(ret[m].mean())
-                metrics[f"critic/{h}_value_mean"] = float(batch.old_values[h][m].mean())
+                metrics[f"critic/explained_var_{h}"] = ppo.explained_variance(batch.old_values[h], ret, m)
+                metrics[f"critic/return_mean_{h}"] = float(ret[m].mean())
+                metrics[f"critic/value_mean_{h}"] = float(batch.old_values[h][m].mean())
         return metrics
 
     # ------------------------------------------------------------------------------------------
@@ -478,7 +478,7 @@ class Trainer:
         params = self.critic.trainable_parameters()
         grad_clip = cfg_get(self.critic_cfg, "grad_clip", 1.0)
         heads = [h for h in self.critic.heads if h in batch.returns and h in batch.value_mask]
-        sums = {f"critic/{h}_value_loss": 0.0 for h in heads}
+        sums = {f"critic/value_loss_{h}": 0.0 for h in heads}
         counts = {h: 0 for h in heads}
         steps = skipped = 0
         norms = []
@@ -501,7 +501,7 @@ class Trainer:
                             mb.value_mask[h].to(self.device), cliprange,
                         )
                         loss = loss + coefs[h] * vl / n_head[h]
-                        sums[f"critic/{h}_value_loss"] += float(vl.detach())
+                        sums[f"critic/value_loss_{h}"] += float(vl.detach())
                         counts[h] += int(mb.value_mask[h].sum())
                     if not torch.isfinite(loss):
                         finite = False
@@ -513,7 +513,8 @@ class Trainer:
                 skipped += not stepped
                 norms.append(norm)
         self.critic.eval()
-        out = {k: v / max(counts[k.split("/")[1].rsplit("_value_loss")[0]], 1) for k, v in sums.items()}
+        out = {f"critic/value_loss_{h}": sums[f"critic/value_loss_{h}"] / max(counts[h], 1) for h in heads}
+        out["critic/loss"] = sum(out.values())
         out.update({"critic/steps": float(steps), "critic/skipped_steps": float(skipped),
                     "critic/grad_norm": float(np.nanmean(norms)) if norms and not all(map(math.isnan, norms)) else math.nan})
         return out
@@ -610,7 +611,7 @@ class Trainer:
         times["update"] = time.perf_counter() - t0
         times["iteration"] = time.perf_counter() - t_start
 
-        metrics.update(self.rollout_metrics(trajs, batch, prefix="rollout/"))
+        metrics.update(self.rollout_metrics(trajs, batch, prefix="train/"))
         metrics.update({f"time/{k_}": v for k_, v in times.items()})
         metrics["perf/generated_tokens_per_s"] = rt["generated_tokens"] / max(times["generate"], 1e-9)
         n_train_tok = float(batch.n_tokens().sum())
@@ -630,7 +631,9 @@ class Trainer:
         from hiper.envs.manager import episode_stats
 
         st = episode_stats(trajs)
-        out = {f"{prefix}{k}": float(v) for k, v in st.items() if k != "per_type" and isinstance(v, (int, float))}
+        names = {"length": "episode_length"}
+        out = {f"{prefix}{names.get(k, k)}": float(v) for k, v in st.items()
+               if k != "per_type" and isinstance(v, (int, float))}
         for t, d in st["per_type"].items():
             out[f"{prefix}success/{t}"] = float(d["success"])
         out[f"{prefix}reward"] = float(np.mean([t.total_reward for t in trajs])) if trajs else 0.0
@@ -713,16 +716,55 @@ class Trainer:
                 self.save_checkpoint()
         return self.history
 
-    def save_checkpoint(self) -> None:
-        """Write a checkpoint with :mod:`hiper.trainer.checkpoint` when it is available."""
-        try:
-            from hiper.trainer import checkpoint
-        except ImportError:
-            return
-        out = cfg_get(self.config, "output_dir", None)
-        save = getattr(checkpoint, "save_checkpoint", None)
-        if out and save is not None:
-            save(self, out)
+    def _checkpoint_parts(self) -> tuple[dict[str, Any], dict[str, Any]]:
+        models: dict[str, Any] = {"policy": self.policy}
+        optimizers: dict[str, Any] = {"actor": self.actor_opt}
+        if self.critic is not None:
+            models["critic"] = self.critic
+            if self.critic_opt is not None:
+                optimizers["critic"] = self.critic_opt
+        if self.reference is not None:
+            models["reference"] = self.reference
+        return models, optimizers
+
+    def save_checkpoint(self, output_dir: str | None = None, name: str | None = None) -> Any:
+        """Write an atomic checkpoint with :mod:`hiper.trainer.checkpoint` (models, optimizers, RNG, counters).
+
+        Returns the checkpoint folder (``<output_dir>/checkpoints/iter_<k>`` unless ``name`` is given).
+        """
+        from hiper.trainer import checkpoint
+
+        out = output_dir or cfg_get(self.config, "output_dir", None)
+        if not out:
+            raise ValueError("no output_dir to write the checkpoint to")
+        models, optimizers = self._checkpoint_parts()
+        extra = {"sft_done": self.sft_done, "rl_ready": self.rl_ready, "history": list(self.history),
+                 "sampler": {"seed": self.seed, "position": self.iteration_count}}
+        return checkpoint.save_checkpoint(
+            out, iteration=self.iteration_count, models=models, optimizers=optimizers,
+            rng=checkpoint.capture_rng_state(), extra=extra, tokenizer=self.tokenizer, config=self.config,
+            keep=int(cfg_get(self.trainer_cfg, "keep_checkpoints", 3)), name=name,
+        )
+
+    def load_checkpoint(self, path: Any) -> None:
+        """Resume from a checkpoint folder (or a run folder: its latest checkpoint) written by :meth:`save_checkpoint`."""
+        from hiper.trainer import checkpoint
+
+        info = checkpoint.load_checkpoint(path)
+        extra = info["extra"]
+        # the policy first: the critic and the reference are built from it before their own weights load
+        checkpoint.load_checkpoint(info["path"], models={"policy": self.policy})
+        if extra.get("rl_ready"):
+            self.setup_rl()
+        models, optimizers = self._checkpoint_parts()
+        models = {k: v for k, v in models.items() if k in info["models"]}
+        checkpoint.load_checkpoint(info["path"], models=models, optimizers=optimizers, restore_rng=True)
+        self.iteration_count = int(info["iteration"])
+        self.sft_done = bool(extra.get("sft_done", False))
+        self.history = list(extra.get("history", []))
+        sync = getattr(self._engine, "sync", None)
+        if sync is not None:
+            sync()
 
     def _emit(self, metrics: dict[str, Any], step: int) -> None:
         if self.logger is not None:
