@@ -175,3 +175,16 @@ def test_resume_through_checkpoint_folder(tokenizer, tmp_path) -> None:
     a, b = _params(straight), _params(resumed)
     for k in a:
         assert torch.equal(a[k], b[k]), k
+
+
+def test_rollout_logprobs_match_teacher_forced(tokenizer) -> None:
+    """The engine's log-probs (used with actor.use_rollout_logprobs) equal the teacher-forced pass."""
+    from hiper.trainer.turn_batch import TurnBatch
+
+    trainer = Trainer(tiny_config("grpo"), tokenizer=tokenizer)
+    trajs, _ = trainer.rollout(trainer.manager, trainer.tasks_for_iteration(0), 1, 1.0, seed=5)
+    batch = TurnBatch.from_trajectories(trajs, trainer.table, trainer.pad_id)
+    assert batch.rollout_logprobs is not None
+    recomputed = trainer.compute_logprobs(batch, trainer.policy)
+    m = batch.response_mask
+    assert torch.allclose(batch.rollout_logprobs[m], recomputed[m], atol=1e-4)

@@ -314,7 +314,7 @@ class Trainer:
             for r, o in zip(requests, outputs):
                 responses[r.slot] = o.text
                 extras[r.slot] = {"prompt_ids": o.prompt_ids, "response_ids": o.response_ids,
-                                  "finish_reason": o.finish_reason}
+                                  "logprobs": o.logprobs, "finish_reason": o.finish_reason}
                 n_tokens += len(o.response_ids)
             t0 = time.perf_counter()
             manager.step(responses, extras)
@@ -590,7 +590,13 @@ class Trainer:
         batch = TurnBatch.from_trajectories(
             trajs, self.table, self.pad_id, max_prompt_length=cfg_get(self.rollout_cfg, "max_prompt_length", None)
         )
-        batch.old_logprobs = self.compute_logprobs(batch, self.policy)
+        use_rollout = bool(cfg_get(self.actor_cfg, "use_rollout_logprobs", False)) and temperature == 1.0
+        if use_rollout and batch.rollout_logprobs is not None:
+            # the engine's raw log-probs of the same weights (spec: recomputed by the actor; equal up to
+            # float noise at temperature 1): saves one forward pass over the batch
+            batch.old_logprobs = batch.rollout_logprobs
+        else:
+            batch.old_logprobs = self.compute_logprobs(batch, self.policy)
         if self.reference is not None:
             batch.ref_logprobs = self.compute_logprobs(batch, self.reference)
         times["logprob"] = time.perf_counter() - t0

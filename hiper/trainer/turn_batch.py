@@ -54,7 +54,8 @@ class TurnBatch:
     Per-row: ``v_low_pos``/``v_high_pos`` ``[N]`` long (response positions), ``traj_index``/
     ``turn_index`` ``[N]`` long, ``rewards`` ``[N]`` float (env reward, unscaled), ``dones``,
     ``truncated``, ``valid``, ``keep_inconsistent``, ``boundary`` (trainer-side switch flag) ``[N]``
-    bool, ``group`` ``[n_traj]`` long. Filled later by the trainer: ``old_logprobs``/``ref_logprobs``
+    bool, ``group`` ``[n_traj]`` long. ``rollout_logprobs`` ``[N, L]``: the engine's per-token
+    log-probs when every turn recorded them (else None). Filled later by the trainer: ``old_logprobs``/``ref_logprobs``
     ``[N, L]``, ``old_values`` ``{head: [N]}``, ``advantages``/``loss_mask`` ``[N, L]``,
     ``returns``/``value_mask`` ``{head: [N]}``.
     """
@@ -81,6 +82,7 @@ class TurnBatch:
     t_max: int
     state_keys: list[str] = field(default_factory=list)
     task_types: list[str] = field(default_factory=list)
+    rollout_logprobs: Tensor | None = None
     old_logprobs: Tensor | None = None
     ref_logprobs: Tensor | None = None
     old_values: dict[str, Tensor] = field(default_factory=dict)
@@ -109,7 +111,7 @@ class TurnBatch:
         """
         from hiper.spans import token_spans
 
-        prompts, responses, rows = [], [], []
+        prompts, responses, rows, gen_logprobs = [], [], [], []
         for i, traj in enumerate(trajectories):
             for t, turn in enumerate(traj.turns):
                 extras = turn.extras
@@ -132,6 +134,8 @@ class TurnBatch:
                     empty = True
                 else:
                     empty = False
+                lp = extras.get("logprobs")
+                gen_logprobs.append(None if lp is None or empty else [float(x) for x in lp[: len(r)]])
                 prompts.append(p)
                 responses.append(r)
                 rows.append((i, t, turn, empty))
@@ -155,6 +159,12 @@ class TurnBatch:
             [bool(getattr(p, "is_boundary", False)) for p in spans.parsed], dtype=torch.bool
         )
         groups = [traj.group if traj.group is not None else i for i, traj in enumerate(trajectories)]
+        rollout_logprobs = None
+        if all(lp is not None and len(lp) == len(r) for lp, r, (*_, e) in zip(gen_logprobs, responses, rows) if not e):
+            rollout_logprobs = torch.zeros(response_ids.shape, dtype=torch.float32)
+            for i, lp in enumerate(gen_logprobs):
+                if lp:
+                    rollout_logprobs[i, : len(lp)] = torch.tensor(lp, dtype=torch.float32)
         return cls(
             prompt_ids=prompt_ids,
             prompt_mask=prompt_mask,
@@ -178,6 +188,7 @@ class TurnBatch:
             t_max=max(len(traj.turns) for traj in trajectories),
             state_keys=[rec.state_key for _, _, rec, _ in rows],
             task_types=[rec.task_type for _, _, rec, _ in rows],
+            rollout_logprobs=rollout_logprobs,
         )
 
     # -- views -----------------------------------------------------------------------------------
