@@ -1,0 +1,88 @@
+"""Model loading helpers: tiny config-built policy, dtype, gradient checkpointing, LoRA, reference, gguf paths."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import pytest
+import torch
+
+from hiper.trainer.models import (
+    build_demo_tokenizer,
+    build_policy,
+    make_reference,
+    resolve_dtype,
+    response_logprobs,
+    split_gguf,
+)
+
+TINY = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1, "num_attention_heads": 2,
+        "num_key_value_heads": 1}
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return build_demo_tokenizer(["<switch>KEEP</switch> go to fridge 1, take apple 2 from countertop 1"] * 8,
+                                vocab_size=300, entity_tokens=True)
+
+
+def test_tiny_policy_dtype_and_determinism(tok) -> None:
+    a = build_policy({"tiny": TINY, "dtype": "float32"}, tok, seed=1)
+    b = build_policy({"tiny": TINY, "dtype": "float32"}, tok, seed=1)
+    c = build_policy({"tiny": TINY, "dtype": "bf16"}, tok, seed=1)
+    assert all(torch.equal(x, y) for x, y in zip(a.parameters(), b.parameters()))
+    assert next(c.parameters()).dtype == torch.bfloat16
+    assert a.config.vocab_size == len(tok)
+    with pytest.raises(ValueError):
+        resolve_dtype("float8")
+    with pytest.raises(ValueError, match="tiny"):
+        build_policy({"tiny": None, "path": None}, tok)
+
+
+def test_gradient_checkpointing_gives_same_logprobs(tok) -> None:
+    plain = build_policy({"tiny": TINY}, tok, seed=2)
+    ckpt = build_policy({"tiny": TINY, "gradient_checkpointing": True}, tok, seed=2)
+    assert any(getattr(m, "gradient_checkpointing", False) for m in ckpt.modules())
+    ids = torch.tensor([[5, 6, 7, 8, 9, 10]])
+    mask = torch.ones_like(ids)
+    ckpt.train()
+    lp1, _ = response_logprobs(plain, ids, mask, 3, ids[:, 3:])
+    lp2, _ = response_logprobs(ckpt, ids, mask, 3, ids[:, 3:])
+    assert torch.allclose(lp1, lp2, atol=1e-6)
+    lp2.sum().backward()
+    assert any(p.grad is not None for p in ckpt.parameters())
+
+
+def test_left_padding_does_not_change_logprobs(tok) -> None:
+    model = build_policy({"tiny": TINY}, tok, seed=3)
+    ids = torch.tensor([[5, 6, 7, 8, 9]])
+    padded = torch.tensor([[tok.pad_token_id, tok.pad_token_id, 5, 6, 7, 8, 9]])
+    pmask = torch.tensor([[0, 0, 1, 1, 1, 1, 1]])
+    lp1, _ = response_logprobs(model, ids, torch.ones_like(ids), 3, ids[:, 3:])
+    lp2, _ = response_logprobs(model, padded, pmask, 5, padded[:, 5:])
+    assert torch.allclose(lp1, lp2, atol=1e-5)
+
+
+def test_reference_is_frozen_copy(tok) -> None:
+    model = build_policy({"tiny": TINY}, tok, seed=4)
+    ref = make_reference(model)
+    assert not any(p.requires_grad for p in ref.parameters())
+    with torch.no_grad():
+        next(model.parameters()).add_(1.0)
+    assert not torch.equal(next(model.parameters()), next(ref.parameters()))
+
+
+def test_lora(tok) -> None:
+    cfg = {"tiny": TINY, "lora": {"enabled": True, "r": 4, "alpha": 8, "target_modules": ["q_proj", "v_proj"]}}
+    if importlib.util.find_spec("peft") is None:
+        with pytest.raises(ImportError, match="peft"):
+            build_policy(cfg, tok)
+        return
+    model = build_policy(cfg, tok)
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert trainable and all("lora" in n for n in trainable)
+
+
+def test_split_gguf() -> None:
+    assert split_gguf("/models/qwen/qwen2.5-0.5b-q8_0.gguf") == ("/models/qwen", "qwen2.5-0.5b-q8_0.gguf")
+    assert split_gguf("Qwen/Qwen2.5-1.5B-Instruct") == ("Qwen/Qwen2.5-1.5B-Instruct", None)
