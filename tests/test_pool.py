@@ -213,3 +213,23 @@ def test_bad_arguments() -> None:
         EnvPool(FakeEnv, n_workers=0)
     with pytest.raises(ValueError, match="timeout_s"):
         EnvPool(functools.partial(FakeEnv), n_workers=1, timeout_s=0)
+
+
+class AdvisingEnv(FakeEnv):
+    """Asks to have its worker recycled every 2 episodes (as AlfWorldEnv asks every 200)."""
+
+    max_episodes_per_worker = 2
+
+
+def test_recycling_follows_the_envs_advice() -> None:
+    with EnvPool(AdvisingEnv, n_workers=1, timeout_s=5.0) as p:
+        p.reset(tasks(2))
+        assert p.recycle_limit == 2
+        first = p.worker_pids()
+        p.reset(tasks(2))
+        assert p.worker_pids() != first and p.recycles == 1
+    with EnvPool(AdvisingEnv, n_workers=1, timeout_s=5.0, max_episodes_per_worker=0) as p:
+        p.reset(tasks(2))
+        first = p.worker_pids()
+        p.reset(tasks(2))
+        assert p.recycle_limit is None and p.worker_pids() == first

@@ -201,8 +201,30 @@ def plan_subgoal(plan: list[str], task_type: str, n_placed: int = 0) -> str:
 # the env
 # --------------------------------------------------------------------------------------------------
 
-#: translated PDDL problems kept per process (one entry is ~0.1-0.3 MB).
-SAS_CACHE_SIZE = 64
+#: entries of TextWorld's global intern table kept before it is cleared (see _trim_textworld_caches).
+MEMENTO_CACHE_MAX = 20_000
+
+
+def _trim_textworld_caches(max_entries: int | None = None) -> None:
+    """Clear TextWorld's global intern table of ``Proposition``/``Signature`` objects when it is large.
+
+    ``textworld.logic`` interns every Proposition and Signature ever built in ``mementos``' module-level
+    dict and never evicts, so each newly loaded game adds ~500-900 entries (~1 MB) that are never freed
+    (RSS grew by ~0.9 MB per game, unbounded, before this). Both classes compare and hash by value, so dropping the
+    table only costs re-creating objects; it is cleared before loading a game once it is this big.
+    """
+    try:
+        from mementos import core as mementos_core
+    except ImportError:  # pragma: no cover - textworld always depends on mementos
+        return
+    cache = getattr(mementos_core, "_memento_cache", None)
+    limit = MEMENTO_CACHE_MAX if max_entries is None else max_entries
+    if isinstance(cache, dict) and len(cache) > limit:
+        cache.clear()
+
+
+#: translated PDDL problems kept per process (one game's two translations take ~1.4 MB).
+SAS_CACHE_SIZE = 8
 
 
 def _memoize_pddl2sas() -> None:
@@ -245,6 +267,9 @@ class AlfWorldEnv:
 
     family = "household"
     env_name = "alfworld"
+    #: EnvPool recycles a worker after this many episodes: fast-downward's native code keeps ~1 MB
+    #: per loaded game that no Python-side cleanup can free (measured in docs/envs_alfworld.md).
+    max_episodes_per_worker = 200
 
     def __init__(
         self,
@@ -349,6 +374,7 @@ class AlfWorldEnv:
             self._tw = self._make_textworld_env()
         if self._loaded != path:
             self._loaded = None
+            _trim_textworld_caches()
             self._tw.load(path)
             self._loaded = path
         self._state = self._tw.reset()
@@ -419,27 +445,12 @@ class AlfWorldEnv:
         return self._done
 
     def close(self) -> None:
-        """Release the TextWorld env and its fast-downward library copy."""
-        tw, self._tw, self._state, self._loaded = self._tw, None, None, None
-        if tw is None:
-            return
-        try:
-            from fast_downward import close_lib
+        """Drop the TextWorld env.
 
-            inner = tw
-            while not hasattr(inner, "downward_lib") and getattr(inner, "_wrapped_env", None) is not None:
-                inner = inner._wrapped_env
-            lib = getattr(inner, "downward_lib", None)
-            if lib is not None:
-                close_lib(lib)
-        except Exception:  # noqa: BLE001 -- best effort at teardown; the process may be exiting
-            pass
-
-    def __del__(self) -> None:  # pragma: no cover - GC timing is not deterministic
-        try:
-            self.close()
-        except Exception:  # noqa: BLE001
-            pass
+        Its fast-downward library copy is deliberately *not* ``dlclose``d (``fast_downward.close_lib``):
+        the library leaves exit handlers behind and the process then segfaults at exit.
+        """
+        self._tw, self._state, self._loaded = None, None, None
 
 
 def per_type_counts(split: str, data_dir: str | os.PathLike[str] | None = None) -> dict[str, int]:
@@ -482,6 +493,7 @@ def replay_expert(
     steps_total = 0
     t0 = time.perf_counter()
     with EnvPool(factory, n_workers=n_workers, timeout_s=timeout_s) as pool:
+        faults = pool.faults  # worker crashes/timeouts (recovered); reported, not hidden
         for start in range(0, len(task_list), wave):
             chunk = task_list[start : start + wave]
             first = pool.reset(chunk)
@@ -516,6 +528,7 @@ def replay_expert(
         "n_workers": n_workers,
         "per_type": {t: {**v, "success": v["won"] / v["n"] if v["n"] else None} for t, v in per_type.items()},
         "failures": failures,
+        "worker_faults": [reason for _, _, reason in faults],
     }
 
 

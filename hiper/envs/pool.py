@@ -25,8 +25,10 @@ Faults never drop an episode silently:
   programming errors and are re-raised in the caller.
 
 Memory: a worker keeps one env per slot for its life (AlfWorldEnv reuses its TextWorld env across
-episodes); ``max_episodes_per_worker`` additionally recycles a worker at a reset that restarts all of
-its episodes once it has run that many.
+episodes). Native code can still leak (fast-downward, used by ALFWorld, keeps ~1 MB per loaded game),
+so a worker is recycled -- restarted at a reset that restarts all of its episodes -- after
+``max_episodes_per_worker`` episodes (default: what the env advises via its own
+``max_episodes_per_worker`` attribute; AlfWorldEnv advises 200).
 """
 
 from __future__ import annotations
@@ -156,7 +158,8 @@ def _worker_main(conn: Any, env_factory: Callable[[], TextEnv]) -> None:
                         env = envs.get(slot)
                         if env is None:
                             env = envs[slot] = env_factory()
-                        payload: Any = env.reset(arg)
+                        # the env's own recycling advice rides along (see EnvPool.max_episodes_per_worker)
+                        payload: Any = (*env.reset(arg), getattr(env, "max_episodes_per_worker", None))
                     elif op == "step":
                         if slot not in envs:
                             raise RuntimeError(f"slot {slot} has no env in this worker; reset it first")
@@ -225,7 +228,8 @@ class EnvPool:
             worker is declared hung, killed and restarted.
         start_method: ``"spawn"`` (default; safe with torch/CUDA in the parent) or ``"forkserver"``.
         max_episodes_per_worker: recycle a worker after this many episodes (at a reset that restarts
-            all its episodes); ``None`` never recycles.
+            all its episodes); ``None`` (default) follows the envs' ``max_episodes_per_worker``
+            attribute if they have one, ``0`` never recycles.
         family: prompt family; default: read from one env built in this process on first use.
     """
 
@@ -257,6 +261,9 @@ class EnvPool:
         self.faults: list[tuple[float, int, str]] = []
         self.restarts = 0
         self._last_dead: dict[int, str] = {}
+        self._recycle_hint: int | None = None
+        #: workers restarted by recycling (not faults)
+        self.recycles = 0
         self._owner_pid = os.getpid()
         self._closed = False
         for w in range(self.n_workers):
@@ -277,6 +284,15 @@ class EnvPool:
                     self._lost[slot] = reason
         self.restarts += 1
         self._start(w)
+
+    @property
+    def recycle_limit(self) -> int | None:
+        """Episodes after which a worker is recycled: the explicit setting, else the envs' advice
+        (``env.max_episodes_per_worker``, e.g. AlfWorldEnv's, whose native planner leaks ~1 MB per
+        game), else never. 0 disables recycling."""
+        if self.max_episodes_per_worker is not None:
+            return self.max_episodes_per_worker or None
+        return self._recycle_hint
 
     def worker_of(self, slot: int) -> int:
         """Index of the worker holding ``slot``."""
@@ -364,11 +380,13 @@ class EnvPool:
         tasks = list(tasks)
         self.n_slots = max(self.n_slots, len(tasks))
         resetting = set(range(len(tasks)))
-        if self.max_episodes_per_worker is not None:
+        limit = self.recycle_limit
+        if limit:
             for w, worker in enumerate(self._workers):
                 running = {s for s in self._active if self.worker_of(s) == w}
-                if worker is not None and worker.episodes >= self.max_episodes_per_worker and running <= resetting:
+                if worker is not None and worker.episodes >= limit and running <= resetting:
                     self._restart(w, None)
+                    self.recycles += 1
         for slot in resetting:
             self._lost.pop(slot, None)
             self._active.discard(slot)
@@ -386,7 +404,9 @@ class EnvPool:
         for slot, task in enumerate(tasks):
             kind, *payload = replies[slot]
             if kind == "ok":
-                obs, info = payload[0]
+                obs, info, hint = payload[0]
+                if hint is not None:
+                    self._recycle_hint = min(self._recycle_hint or int(hint), int(hint))
                 self._info[slot] = info
                 self._active.add(slot)
                 self._workers[self.worker_of(slot)].episodes += 1  # type: ignore[union-attr]
