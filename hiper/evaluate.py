@@ -13,6 +13,7 @@ the mean score (WebShop's raw reward, 0/1 elsewhere) with a 95 % **percentile bo
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import math
 import time
@@ -20,7 +21,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from hiper.envs import ENV_FAMILIES, ENV_REGISTRY, task_panel
+from hiper.envs import ENV_FAMILIES, ENV_REGISTRY, env_class, task_panel
 from hiper.envs.manager import EnvManager, Trajectory, episode_stats, make_batch, run_episodes
 
 #: default evaluation split per env (ALFWorld's verl-agent evaluation uses valid_seen, spec §2.7).
@@ -208,6 +209,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="episodes run at once (default: 16 per worker, else up to 1024 in-process)",
     )
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=600.0,
+        help="seconds one env reset/step/expert may take in a pool worker before it is restarted (default 600)",
+    )
     parser.add_argument("--max-steps", type=int, default=None, help="episode horizon (env kwarg max_steps)")
     parser.add_argument(
         "--history-length",
@@ -279,7 +286,12 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
         raise ValueError(f"split {split!r} of env {args.env!r} has no tasks")
     workers = args.workers if args.workers is not None else DEFAULT_WORKERS.get(args.env, 0)
     concurrency = args.concurrency or (16 * workers if workers > 0 else min(len(tasks), MAX_IN_PROCESS))
-    batch = make_batch(args.env, n_workers=workers, **env_kwargs)
+    if args.policy not in ("expert", "oracle") and "expert_plan" not in env_kwargs:
+        # ALFWorld plans the expert's route at reset (seconds to minutes for some pick_two_obj games):
+        # skip it when no expert is asked for
+        if "expert_plan" in inspect.signature(env_class(args.env).__init__).parameters:
+            env_kwargs["expert_plan"] = False
+    batch = make_batch(args.env, n_workers=workers, timeout_s=args.timeout, **env_kwargs)
     manager = EnvManager(
         batch, family=ENV_FAMILIES[args.env], history_length=history_length, renderer=_renderer(prompt)
     )
