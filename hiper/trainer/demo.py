@@ -28,6 +28,10 @@ from typing import Any
 DEMO_ENV_KWARGS: dict[str, Any] = {"difficulty": "tiny"}
 
 #: the demo's run config (same key names as ``hiper.trainer.config``; plain dicts work with ``Trainer``).
+#: Algorithm: HAE Mode A semantics (3-head separate critic, AT = GT - VT, per-role whitening, KEEP and
+#: KEEP-consistency shaping); sizes and rates are scaled for a 0.7M-parameter model trained from scratch:
+#: gamma 0.9 (wasted "Nothing happens" steps cost return), invalid-format penalty 1.0 (a tiny model's
+#: format drifts under RL without it), no value clip (spec 7.1 Mode C #3).
 DEMO_CONFIG: dict[str, Any] = {
     "seed": 0,
     "output_dir": "runs/cpu_demo",
@@ -40,7 +44,7 @@ DEMO_CONFIG: dict[str, Any] = {
         "history_length": 2,
         "n_envs": 32,
         "group_size": 1,
-        "eval_episodes": 96,
+        "eval_episodes": 128,
         "prompt": "compact",
     },
     "model": {
@@ -53,25 +57,25 @@ DEMO_CONFIG: dict[str, Any] = {
         "lora": {"enabled": False},
     },
     "critic": {
-        "enabled": True, "mode": "separate", "path": None, "n_heads": 3, "lr": 3e-4, "weight_decay": 0.0,
+        "enabled": True, "mode": "separate", "path": None, "n_heads": 3, "lr": 1e-3, "weight_decay": 0.0,
         "cliprange_value": None, "high_value_coef": 1.0, "term_value_coef": 1.0, "grad_clip": 1.0,
         "micro_batch_size": 64,
     },
     "actor": {
-        "lr": 1e-4, "weight_decay": 0.0, "clip_ratio_low": 0.2, "clip_ratio_high": 0.2, "clip_ratio_c": 3.0,
-        "kl_coef": 0.0, "entropy_coeff": 0.001, "grad_clip": 1.0, "ppo_epochs": 1, "mini_batch_size": 128,
-        "micro_batch_size": 64, "invalid_action_penalty_coef": 0.1,
+        "lr": 2e-4, "weight_decay": 0.0, "clip_ratio_low": 0.2, "clip_ratio_high": 0.2, "clip_ratio_c": 3.0,
+        "kl_coef": 0.02, "entropy_coeff": 0.001, "grad_clip": 1.0, "ppo_epochs": 2, "mini_batch_size": 128,
+        "micro_batch_size": 64, "invalid_action_penalty_coef": 1.0, "use_rollout_logprobs": True,
     },
     "rollout": {"engine": "hf", "temperature": 1.0, "top_p": 1.0, "max_new_tokens": 40,
-                "eval_temperature": 0.0, "max_prompt_length": 512},
+                "eval_temperature": 0.4, "max_prompt_length": 512},
     "algorithm": {
-        "adv_estimator": "hae", "gamma": 1.0, "lam": 1.0, "reward_scale": 0.1,
+        "adv_estimator": "hae", "gamma": 0.9, "lam": 1.0, "reward_scale": 1.0,
         "hae": {"lam_seg": 0.95, "keep_penalty": -0.3, "keep_penalty_mode": "normalized",
                 "keep_consistency_penalty": -0.3, "bootstrap_truncated": True, "switch_mode": "code",
                 "norm_adv": True},
     },
-    "sft": {"enabled": True, "episodes": 48, "epochs": 4, "lr": 2e-3, "batch_size": 16},
-    "trainer": {"total_iterations": 40, "eval_every": 10, "save_every": 0, "logger": ["console"],
+    "sft": {"enabled": True, "episodes": 500, "epochs": 2, "lr": 2e-3, "batch_size": 16, "prompt_loss_weight": 1.0},
+    "trainer": {"total_iterations": 30, "eval_every": 15, "save_every": 0, "logger": ["console"],
                 "num_threads": 1},
 }
 
