@@ -42,7 +42,7 @@ DEMO_CONFIG: dict[str, Any] = {
         "eval_split": "valid_seen",
         "max_steps": 15,
         "history_length": 2,
-        "n_envs": 32,
+        "n_envs": 24,
         "group_size": 1,
         "eval_episodes": 128,
         "prompt": "compact",
@@ -62,8 +62,8 @@ DEMO_CONFIG: dict[str, Any] = {
         "micro_batch_size": 64,
     },
     "actor": {
-        "lr": 2e-4, "weight_decay": 0.0, "clip_ratio_low": 0.2, "clip_ratio_high": 0.2, "clip_ratio_c": 3.0,
-        "kl_coef": 0.02, "entropy_coeff": 0.001, "grad_clip": 1.0, "ppo_epochs": 2, "mini_batch_size": 128,
+        "lr": 1e-4, "weight_decay": 0.0, "clip_ratio_low": 0.2, "clip_ratio_high": 0.2, "clip_ratio_c": 3.0,
+        "kl_coef": 0.05, "entropy_coeff": 0.001, "grad_clip": 1.0, "ppo_epochs": 1, "mini_batch_size": 128,
         "micro_batch_size": 64, "invalid_action_penalty_coef": 1.0, "use_rollout_logprobs": True,
     },
     "rollout": {"engine": "hf", "temperature": 1.0, "top_p": 1.0, "max_new_tokens": 40,
@@ -75,7 +75,7 @@ DEMO_CONFIG: dict[str, Any] = {
                 "norm_adv": True},
     },
     "sft": {"enabled": True, "episodes": 500, "epochs": 2, "lr": 2e-3, "batch_size": 16, "prompt_loss_weight": 1.0},
-    "trainer": {"total_iterations": 30, "eval_every": 15, "save_every": 0, "logger": ["console"],
+    "trainer": {"total_iterations": 16, "eval_every": 8, "save_every": 0, "logger": ["console"],
                 "num_threads": 1},
 }
 
