@@ -73,9 +73,17 @@ def test_env_contract_and_semantics(env: AlfWorldEnv) -> None:
     assert info["task_type"] == "pick_and_place" and env.family == "household"
     assert info["step"] == 0 and not info["won"] and not info["truncated"]
     assert "help" not in info["admissible"] and "look" in info["admissible"]
+    # the expert follows the stored walkthrough without calling the planner ...
+    replans = env.n_replans
+    first = env.expert()
+    assert first.subgoal == "find the mug" and first.action.startswith("go to ")
+    obs, reward, done, info = env.step(first.action)
+    assert env.n_replans == replans and info["step"] == 1
     # an inadmissible action changes nothing and still counts as a step
     obs, reward, done, info = env.step("fly to the moon")
-    assert obs == "Nothing happens." and reward == 0.0 and not done and info["step"] == 1
+    assert obs == "Nothing happens." and reward == 0.0 and not done and info["step"] == 2
+    # ... and replans from the current state after a deviation
+    assert env.expert().action in info["admissible"] and env.n_replans == replans + 1
     rewards = []
     while not done:
         step = env.expert()

@@ -18,9 +18,13 @@ Semantics (spec §2.7, as in verl-agent's ``AlfredTWEnv``):
   (``pick_and_place``, ``look_at_obj_in_light``, ``pick_clean_then_place``, ``pick_heat_then_place``,
   ``pick_cool_then_place``, ``pick_two_obj``).
 
-The expert is TextWorld's planner (``policy_commands``: fast-downward replans from the current
-state every step, so it recovers from any deviation). :meth:`AlfWorldEnv.expert` returns its next
-action and a canonical subgoal derived from the remaining plan by :func:`plan_subgoal`.
+The expert follows the game's stored ``walkthrough`` (a plan from the initial state) while the
+agent follows it, and otherwise asks TextWorld's planner (fast-downward, the ``policy_commands`` of
+TextWorld) for a new plan from the current state, lazily, only when :meth:`AlfWorldEnv.expert` is
+called. (Asking TextWorld for ``policy_commands`` on every step instead costs ~15% of each step, and
+the planner's search takes minutes on a few games, e.g. valid_seen ``pick_two_obj_and_place-Knife-
+None-Drawer-18``.) :meth:`AlfWorldEnv.expert` returns the plan's next action and a canonical subgoal
+derived from the remaining plan by :func:`plan_subgoal`.
 
 One ``AlfWorldEnv`` holds one TextWorld env (with its own copy of fast-downward's library) for its
 whole life and reloads game files into it, so memory stays flat over many episodes. Loading a game
@@ -261,8 +265,8 @@ class AlfWorldEnv:
         reward_scale: reward on the winning step (paper: 10).
         data_dir: folder holding ``json_2.1.1/`` (or ``json_2.1.1`` itself); default: discovery
             (``$ALFWORLD_DATA``, then the unpacked cache of the shared archive).
-        expert_plan: ask TextWorld for ``policy_commands`` each step (needed by :meth:`expert`;
-            costs about 15% of step time). Set False for pure RL rollouts.
+        expert_plan: whether :meth:`expert` is available (it costs nothing until called: the
+            stored walkthrough is followed and the planner only runs after a deviation).
     """
 
     family = "household"
@@ -296,6 +300,9 @@ class AlfWorldEnv:
         self._won = False
         self._done = False
         self._n_placed = 0
+        self._plan: list[str] | None = None
+        #: how many times the planner was asked (after deviations from the walkthrough)
+        self.n_replans = 0
 
     # ------------------------------------------------------------------ task panels
     @classmethod
@@ -357,7 +364,7 @@ class AlfWorldEnv:
                 "AlfWorldEnv needs the alfworld extra: pip install -e '.[alfworld]' "
                 f"(alfworld==0.4.2, textworld==1.7.0, fast-downward-textworld); import failed: {exc}"
             ) from exc
-        infos = textworld.EnvInfos(won=True, admissible_commands=True, policy_commands=self.expert_plan)
+        infos = textworld.EnvInfos(won=True, admissible_commands=True)
         return AlfredInfos(AlfredDemangler(PddlEnv(infos), shuffle=False))
 
     def reset(self, task: TaskSpec) -> tuple[str, dict[str, Any]]:
@@ -388,6 +395,8 @@ class AlfWorldEnv:
         self._won = False
         self._done = False
         self._n_placed = 0
+        walkthrough = getattr(self._pddl_env(), "walkthrough", None)
+        self._plan = list(walkthrough) if walkthrough else None  # None: replan on demand
         return obs, self._info()
 
     def step(self, action: str) -> tuple[str, float, bool, dict[str, Any]]:
@@ -400,6 +409,10 @@ class AlfWorldEnv:
             raise TypeError(f"action must be a str, got {type(action).__name__}")
         self._state, _, _ = self._tw.step(action)
         obs = str(self._state.feedback)
+        if self._plan and action.strip() == self._plan[0] and obs != "Nothing happens.":
+            self._plan.pop(0)  # still on the expert's plan
+        else:
+            self._plan = None  # off plan (or plan used up): the planner is asked at the next expert()
         self._step += 1
         if obs.startswith("You move") or obs.startswith("You put"):
             self._n_placed += 1
@@ -423,13 +436,27 @@ class AlfWorldEnv:
             "gamefile": self.game_file,
         }
 
+    def _pddl_env(self) -> Any:
+        inner = self._tw
+        while inner is not None and not hasattr(inner, "_pddl_state"):
+            inner = getattr(inner, "_wrapped_env", None)
+        return inner
+
     def expert_plan_commands(self) -> list[str]:
-        """The planner's remaining plan from the current state (``policy_commands``)."""
+        """The expert's remaining plan from the current state (the walkthrough's rest, or a new plan).
+
+        A new plan is what TextWorld's ``policy_commands`` would be: ``PddlState.replan`` with the
+        game's (demangled) entity names.
+        """
         if self._state is None:
             raise RuntimeError("call reset(task) before expert()")
         if not self.expert_plan:
             raise RuntimeError("this AlfWorldEnv was built with expert_plan=False; no expert available")
-        return list(self._state["policy_commands"] or [])
+        if not self._plan:
+            pddl = self._pddl_env()
+            self._plan = list(pddl._pddl_state.replan(pddl._entity_infos) or [])
+            self.n_replans += 1
+        return list(self._plan)
 
     def expert(self) -> ExpertStep:
         """The planner's next action and its canonical subgoal (:func:`plan_subgoal`)."""

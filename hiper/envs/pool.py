@@ -36,6 +36,7 @@ from __future__ import annotations
 import multiprocessing as mp
 import os
 import signal
+import sys
 import time
 import traceback
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -140,9 +141,22 @@ class LocalEnvBatch:
 # --------------------------------------------------------------------------------------------------
 
 
+def _die_with_parent() -> None:
+    """On Linux, have the kernel SIGKILL this worker when its parent dies (no orphans stuck in a long step)."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG = 1
+    except (OSError, AttributeError):
+        pass
+
+
 def _worker_main(conn: Any, env_factory: Callable[[], TextEnv]) -> None:
     """Serve ``("batch", [(op, slot, arg), ...])`` requests, one reply per op, until ``("close",)``/EOF."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
+    _die_with_parent()
     envs: dict[int, Any] = {}
     try:
         while True:
