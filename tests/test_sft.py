@@ -18,7 +18,7 @@ def setup():
 
     tok = household_tokenizer("household", {"difficulty": "tiny"})
     manager = EnvManager(make_batch("household", difficulty="tiny"), family="household", renderer=compact_renderer)
-    trajs = sft.expert_trajectories(manager, task_panel("household", "train", n=6, seed=1))
+    trajs = sft.expert_trajectories(manager, task_panel("household", "train", n=4, seed=1))
     return tok, trajs
 
 
