@@ -63,12 +63,32 @@ def test_train_saves_config_and_calls_the_trainer(tmp_path, monkeypatch, capsys)
 
     monkeypatch.setattr(cli_train, "run_training", fake_run)
     out = tmp_path / "run"
-    assert cli.main(["train", "-o", str(out), "trainer.logger=[jsonl]", "actor.lr=1e-5"]) == 0
+    user = tmp_path / "user.yaml"  # a user file (not the bare demo preset): the generic trainer path
+    user.write_text("base: cpu_demo\n")
+    assert cli.main(["train", "-c", str(user), "-o", str(out), "trainer.logger=[jsonl]", "actor.lr=1e-5"]) == 0
     assert calls["cfg"].actor.lr == 1e-5 and calls["resume_from"] is None
     assert load_config(str(out / "config.yaml"), []) == calls["cfg"]  # the resolved config is saved with the run
     assert len((out / "metrics.jsonl").read_text().splitlines()) == 3
     assert (out / "learning_curve.png").is_file()
     assert "done" in capsys.readouterr().out
+
+
+def test_train_without_config_is_the_demo(tmp_path, monkeypatch, capsys):
+    """``hiper train`` with no arguments runs ``demo.run_demo`` on the cpu_demo preset (= DEMO_CONFIG): the
+    before/after table, learning_curve.png and demo_result.json (shrunk here by overrides to stay fast)."""
+    import json
+
+    monkeypatch.chdir(tmp_path)
+    small = ["env.n_envs=2", "env.eval_episodes=2", "env.max_steps=3", "sft.episodes=2", "sft.epochs=1",
+             "trainer.total_iterations=1", "trainer.eval_every=1", "trainer.logger=[jsonl]"]
+    assert cli.main(["train", *small]) == 0
+    out = tmp_path / "runs" / "cpu_demo"
+    text = capsys.readouterr().out
+    assert "SFT only" in text and "SFT + HiPER RL" in text and "success (all)" in text
+    assert (out / "learning_curve.png").is_file() and (out / "config.yaml").is_file()
+    result = json.loads((out / "demo_result.json").read_text())
+    assert 0.0 <= result["before"]["eval/success"] <= 1.0 and 0.0 <= result["after"]["eval/success"] <= 1.0
+    assert load_config(str(out / "config.yaml"), []) == load_config(None, small)
 
 
 def test_resume_latest_or_explicit(tmp_path, monkeypatch, capsys):

@@ -29,11 +29,17 @@ def test_presets_listed():
     assert set(list_presets()) == {"cpu_demo", *GPU_PRESETS}
 
 
-def test_default_is_cpu_demo_and_mirrors_dataclass_defaults():
+def test_default_is_cpu_demo_and_mirrors_the_demo_config():
+    from hiper.trainer.demo import DEMO_CONFIG
+
     cfg = load_config(None, [])
     assert cfg == load_config("cpu_demo", [])
-    # the preset file spells out the defaults: they must not drift apart
-    assert cfg == HiperConfig()
+    # `hiper train` and `python -m hiper.trainer.demo` run the same config: the preset file and
+    # DEMO_CONFIG both spell out every key, so they cannot drift apart
+    assert cfg.to_dict() == DEMO_CONFIG
+    assert from_dict(DEMO_CONFIG) == cfg
+    # keys a preset leaves out take the dataclass defaults
+    assert from_dict({}) == HiperConfig()
     assert cfg.env.name == "household" and cfg.model.tiny is not None and cfg.model.tokenizer == "builtin"
     assert cfg.algorithm.adv_estimator == "hae" and cfg.critic.n_heads == 3
 
@@ -74,7 +80,7 @@ def test_overrides_are_yaml_values():
         "trainer.logger=[console, jsonl]",
         "critic.cliprange_value=null",
         "sft.enabled=false",
-        "env.kwargs.difficulty=tiny",         # free-form dict keys
+        "env.kwargs.difficulty=small",        # free-form dict keys
         "model.tiny.hidden_size=64",
         "trainer.experiment_name=7",          # a number given to a string key
     ])
@@ -82,8 +88,8 @@ def test_overrides_are_yaml_values():
     assert cfg.actor.lr == 1e-6 and isinstance(cfg.actor.lr, float)
     assert cfg.trainer.logger == ["console", "jsonl"]
     assert cfg.critic.cliprange_value is None and cfg.sft.enabled is False
-    assert cfg.env.kwargs == {"difficulty": "tiny"}
-    assert cfg.model.tiny["hidden_size"] == 64 and cfg.model.tiny["num_hidden_layers"] == 2
+    assert cfg.env.kwargs == {"difficulty": "small"}
+    assert cfg.model.tiny["hidden_size"] == 64 and cfg.model.tiny["num_hidden_layers"] == 3
     assert cfg.trainer.experiment_name == "7"
 
 
@@ -151,7 +157,9 @@ ERRORS = [
     (["env.name=alfwrld"], ["env.name='alfwrld' is not allowed", "did you mean 'alfworld'"]),
     (["model.dtype=fp8"], ["model.dtype='fp8' is not allowed"]),
     (["rollout.top_p=0"], ["rollout.top_p=0.0 must be in (0, 1]"]),
-    (["actor.micro_batch_size=128"], ["micro_batch_size=128 must be <= actor.mini_batch_size=64"]),
+    (["actor.micro_batch_size=256"], ["micro_batch_size=256 must be <= actor.mini_batch_size=128"]),
+    (["sft.prompt_loss_weight=-1"], ["sft.prompt_loss_weight=-1.0 must be >= 0"]),
+    (["critic.micro_batch_size=0"], ["critic.micro_batch_size=0 must be >= 1"]),
     (["model.path=Qwen/Qwen2.5-1.5B-Instruct"], ["not both", "model.tiny=null"]),
     (["model.tiny=null"], ["model.path is null and model.tiny is null"]),
     (["model.tiny=null", "model.path=/no/such/dir"], ["model.path='/no/such/dir' does not exist"]),

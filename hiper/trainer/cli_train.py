@@ -2,12 +2,17 @@
 
 ::
 
-    hiper train                                        # the cpu_demo preset
+    hiper train                                        # the CPU demo (cpu_demo preset = demo.DEMO_CONFIG)
     hiper train --config alfworld_qwen2.5_1.5b env.n_envs=64 algorithm.hae.keep_penalty=-0.5
     hiper train --config my.yaml --output-dir runs/x   # a user file (may start with ``base: <preset>``)
     hiper train --resume                               # continue from <output_dir>/checkpoints/latest
     hiper train --resume runs/x/checkpoints/iter_000010
     hiper train --print-config trainer.logger=[console]
+
+With no ``--config`` (or ``--config cpu_demo``) and no ``--resume``, the run is the CPU demo of
+:mod:`hiper.trainer.demo`: the same config, the before/after held-out table on stdout,
+``learning_curve.png`` and ``demo_result.json`` in the output dir (plus ``config.yaml`` and the logger's
+files). Overrides still apply (``hiper train trainer.total_iterations=4``).
 
 A bad config prints one line (``hiper train: error: ...`` naming the key and the fix) and exits with 2.
 """
@@ -118,6 +123,19 @@ def run_training(cfg: HiperConfig, logger: Any, resume_from: Path | None) -> Any
     return trainer.train()
 
 
+def is_demo_run(args: argparse.Namespace, cfg: HiperConfig) -> bool:
+    """True for the CPU demo: the default preset (no ``--config`` or ``cpu_demo``), a fresh (not resumed) run."""
+    return args.config in (None, "cpu_demo") and cfg.trainer.resume is None
+
+
+def run_demo(cfg: HiperConfig, logger: Any) -> Any:
+    """The CPU demo through :func:`hiper.trainer.demo.run_demo`: prints the before/after table, writes
+    ``learning_curve.png`` and ``demo_result.json`` to ``cfg.output_dir``."""
+    from hiper.trainer import demo
+
+    return demo.run_demo(cfg, output_dir=cfg.output_dir, logger=logger)
+
+
 def plot_curve(cfg: HiperConfig) -> Path | None:
     """``<output_dir>/learning_curve.png`` from ``metrics.jsonl`` (None when there is nothing to plot)."""
     from hiper.trainer.logging import plot_learning_curve
@@ -146,13 +164,17 @@ def main(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     save_resolved(cfg, out / "config.yaml")
     logger = make_logger(cfg)
+    demo_run = is_demo_run(args, cfg)
     try:
-        run_training(cfg, logger, resume_from)
+        if demo_run:
+            result = run_demo(cfg, logger)
+        else:
+            run_training(cfg, logger, resume_from)
     except KeyboardInterrupt:
         print("hiper train: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
     finally:
         logger.close()
-    png = plot_curve(cfg)
+    png = result.get("png") if demo_run else plot_curve(cfg)
     print(f"hiper train: done; run folder {out}" + (f", curve {png}" if png else ""))
     return 0

@@ -7,8 +7,10 @@ Usage::
     save_resolved(cfg, "runs/x/config.yaml")
 
 Key names follow verl / verl-agent where one exists (``actor.clip_ratio_low``, ``critic.cliprange_value``,
-``algorithm.adv_estimator``...). The dataclass defaults are the CPU demo (preset ``cpu_demo``); the paper's
-values (spec §4.1, Mode A of §7.1) are noted in each docstring and live in the ``*_qwen2.5_*`` presets.
+``algorithm.adv_estimator``...). The default config is the preset ``cpu_demo`` (= ``hiper.trainer.demo.DEMO_CONFIG``,
+a test keeps them equal); the dataclass defaults are generic values that fill keys a preset or user file leaves
+out (the GPU presets rely on them for e.g. ``env.prompt`` and ``trainer.num_threads``). The paper's values
+(spec §4.1, Mode A of §7.1) are noted in each docstring and live in the ``*_qwen2.5_*`` presets.
 
 Every problem found while loading raises :class:`ConfigError` with a one-line message that names the key
 and the fix. Overrides are ``dotted.key=value`` with the value parsed as a YAML scalar/flow value
@@ -150,6 +152,7 @@ class CriticConfig:
         grad_clip: max grad norm (paper: 1.0).
         dtype: parameter dtype of a critic loaded from ``critic.path`` (null = float32).
         mini_batch_size: turn samples per critic optimizer step (null = ``actor.mini_batch_size``).
+        micro_batch_size: turn samples per critic forward/backward (gradient accumulation).
     """
 
     enabled: bool = True
@@ -164,6 +167,7 @@ class CriticConfig:
     grad_clip: float = 1.0
     dtype: str | None = None
     mini_batch_size: int | None = None
+    micro_batch_size: int = 16
 
 
 @dataclass
@@ -181,6 +185,9 @@ class ActorConfig:
         mini_batch_size: turn samples per optimizer step (paper: 256).
         micro_batch_size: turn samples per forward/backward (gradient accumulation; paper: 16 per GPU).
         invalid_action_penalty_coef: c_inv subtracted from invalid-format turns' rewards (paper: 0.1).
+        use_rollout_logprobs: use the rollout engine's log-probs as the PPO old log-probs when the training
+            temperature is 1 (same weights, so equal up to float noise; saves one forward pass). False
+            recomputes them with the actor (the paper's setup).
     """
 
     lr: float = 5e-5
@@ -195,6 +202,7 @@ class ActorConfig:
     mini_batch_size: int = 64
     micro_batch_size: int = 16
     invalid_action_penalty_coef: float = 0.1
+    use_rollout_logprobs: bool = False
 
 
 @dataclass
@@ -290,6 +298,9 @@ class SFTConfig:
         split: task split of the expert episodes (null = ``env.train_split``).
         max_examples: keep at most this many turn examples (a seeded random subset; null = all).
         micro_batch_size: examples per forward/backward (null = ``batch_size``).
+        prompt_loss_weight: weight of the next-token loss on prompt tokens relative to the response loss
+            (0 = response-only SFT, the usual choice for pretrained models; a from-scratch tiny model
+            learns the world's language faster with 1.0).
     """
 
     enabled: bool = True
@@ -301,6 +312,7 @@ class SFTConfig:
     split: str | None = None
     max_examples: int | None = None
     micro_batch_size: int | None = None
+    prompt_loss_weight: float = 0.0
 
 
 @dataclass
@@ -695,6 +707,7 @@ def validate_config(cfg: HiperConfig) -> None:
         ("actor.ppo_epochs", actor.ppo_epochs),
         ("actor.mini_batch_size", actor.mini_batch_size),
         ("actor.micro_batch_size", actor.micro_batch_size),
+        ("critic.micro_batch_size", critic.micro_batch_size),
     ):
         _check(val >= 1, f"{key}={val} must be >= 1")
     _check(
@@ -781,6 +794,7 @@ def validate_config(cfg: HiperConfig) -> None:
     ):
         _check(val >= 1, f"{key}={val} must be >= 1")
     _positive(sft.lr, "sft.lr")
+    _nonneg(sft.prompt_loss_weight, "sft.prompt_loss_weight")
     for key, val in (("sft.max_steps", sft.max_steps), ("sft.max_examples", sft.max_examples),
                      ("sft.micro_batch_size", sft.micro_batch_size), ("trainer.num_threads", tr.num_threads)):
         _check(val is None or val >= 1, f"{key}={val} must be >= 1 or null")
@@ -918,7 +932,7 @@ def load_config(
 ) -> HiperConfig:
     """Load a preset name or YAML path (``None`` = ``cpu_demo``), apply dotted ``overrides``, validate.
 
-    Missing keys take the dataclass defaults (the CPU demo). Raises :class:`ConfigError`.
+    Missing keys take the dataclass defaults. Raises :class:`ConfigError`.
     """
     path = resolve_config_path(path_or_preset or DEFAULT_PRESET)
     data = _read_yaml_file(path)

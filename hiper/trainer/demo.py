@@ -27,39 +27,32 @@ from typing import Any
 #: env settings of the demo: the "tiny" household preset (4-5 receptacles, short observations).
 DEMO_ENV_KWARGS: dict[str, Any] = {"difficulty": "tiny"}
 
-#: the demo's run config (same key names as ``hiper.trainer.config``; plain dicts work with ``Trainer``).
+#: the demo's run config, every key spelled out (same names as ``hiper.trainer.config``; the preset
+#: ``cpu_demo`` is identical and a test keeps them equal, so ``hiper train`` runs exactly this).
 #: Algorithm: HAE Mode A semantics (3-head separate critic, AT = GT - VT, per-role whitening, KEEP and
-#: KEEP-consistency shaping); sizes and rates are scaled for a 0.7M-parameter model trained from scratch:
+#: KEEP-consistency shaping); sizes and rates are scaled for a 0.74M-parameter model trained from scratch:
 #: gamma 0.9 (wasted "Nothing happens" steps cost return), invalid-format penalty 1.0 (a tiny model's
 #: format drifts under RL without it), no value clip (spec 7.1 Mode C #3).
 DEMO_CONFIG: dict[str, Any] = {
     "seed": 0,
     "output_dir": "runs/cpu_demo",
     "env": {
-        "name": "household",
-        "kwargs": DEMO_ENV_KWARGS,
-        "train_split": "train",
-        "eval_split": "valid_seen",
-        "max_steps": 15,
-        "history_length": 2,
-        "n_envs": 24,
-        "group_size": 1,
-        "eval_episodes": 128,
-        "prompt": "compact",
+        "name": "household", "kwargs": dict(DEMO_ENV_KWARGS), "train_split": "train", "eval_split": "valid_seen",
+        "max_steps": 15, "history_length": 2, "n_envs": 24, "group_size": 1,
+        "eval_episodes": 192, "eval_seed": 0, "train_pool_size": 4096, "n_workers": 0, "prompt": "compact",
     },
     "model": {
         "path": None,
         "tiny": {"hidden_size": 128, "intermediate_size": 384, "num_hidden_layers": 3,
                  "num_attention_heads": 4, "num_key_value_heads": 2},
-        "tokenizer": "builtin",
-        "dtype": "float32",
-        "gradient_checkpointing": False,
-        "lora": {"enabled": False},
+        "tokenizer": "builtin", "dtype": "float32", "gradient_checkpointing": False,
+        "lora": {"enabled": False, "r": 8, "alpha": 16, "dropout": 0.0,
+                 "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj"]},
     },
     "critic": {
         "enabled": True, "mode": "separate", "path": None, "n_heads": 3, "lr": 1e-3, "weight_decay": 0.0,
         "cliprange_value": None, "high_value_coef": 1.0, "term_value_coef": 1.0, "grad_clip": 1.0,
-        "micro_batch_size": 64,
+        "dtype": None, "mini_batch_size": None, "micro_batch_size": 64,
     },
     "actor": {
         "lr": 1e-4, "weight_decay": 0.0, "clip_ratio_low": 0.2, "clip_ratio_high": 0.2, "clip_ratio_c": 3.0,
@@ -71,12 +64,16 @@ DEMO_CONFIG: dict[str, Any] = {
     "algorithm": {
         "adv_estimator": "hae", "gamma": 0.9, "lam": 1.0, "reward_scale": 1.0,
         "hae": {"lam_seg": 0.95, "keep_penalty": -0.3, "keep_penalty_mode": "normalized",
-                "keep_consistency_penalty": -0.3, "bootstrap_truncated": True, "switch_mode": "code",
-                "norm_adv": True},
+                "keep_penalty_skip_first": False, "keep_consistency_penalty": -0.3, "bootstrap_truncated": True,
+                "switch_mode": "code", "norm_adv": True},
+        "grpo": {"norm_by_std": True},
+        "gigpo": {"gamma": 0.95, "step_advantage_w": 1.0, "mode": "mean_norm"},
     },
-    "sft": {"enabled": True, "episodes": 500, "epochs": 2, "lr": 2e-3, "batch_size": 16, "prompt_loss_weight": 1.0},
-    "trainer": {"total_iterations": 16, "eval_every": 8, "save_every": 0, "logger": ["console"],
-                "num_threads": 1},
+    "sft": {"enabled": True, "episodes": 500, "epochs": 2, "lr": 2e-3, "batch_size": 16, "max_steps": None,
+            "split": None, "max_examples": None, "micro_batch_size": None, "prompt_loss_weight": 1.0},
+    "trainer": {"total_iterations": 40, "eval_every": 10, "save_every": 0, "keep_checkpoints": 3,
+                "logger": ["console", "jsonl"], "project_name": "hiper", "experiment_name": "cpu_demo",
+                "resume": None, "device": "cpu", "num_threads": 2},
 }
 
 # ----------------------------------------------------------------------------------------------
