@@ -6,7 +6,9 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 # CPU installs pin torch to the local 2.13.0 wheel; any other torch pulls GBs of CUDA wheels.
 TORCH_SPEC ?= torch==2.13.0
-EXTRAS ?= test,webshop,logging
+EXTRAS ?= test,webshop,alfworld,logging
+# Source builds (fast-downward-textworld) call `python`: make it the venv's.
+export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml Makefile | cksum | cut -d' ' -f1)
 
 .PHONY: install demo test lint bench clean smollm2 venv-verl test-verl
