@@ -80,7 +80,8 @@ def test_train_without_config_is_the_demo(tmp_path, monkeypatch, capsys):
 
     monkeypatch.chdir(tmp_path)
     small = ["env.n_envs=2", "env.eval_episodes=2", "env.max_steps=3", "sft.episodes=2", "sft.epochs=1",
-             "trainer.total_iterations=1", "trainer.eval_every=1", "trainer.logger=[jsonl]"]
+             "trainer.total_iterations=1", "trainer.eval_every=1", "trainer.logger=[jsonl]",
+             "trainer.num_threads=null"]  # leave torch's thread count of the test process alone
     assert cli.main(["train", *small]) == 0
     out = tmp_path / "runs" / "cpu_demo"
     text = capsys.readouterr().out

@@ -73,7 +73,7 @@ DEMO_CONFIG: dict[str, Any] = {
             "split": None, "max_examples": None, "micro_batch_size": None, "prompt_loss_weight": 1.0},
     "trainer": {"total_iterations": 40, "eval_every": 10, "save_every": 0, "keep_checkpoints": 3,
                 "logger": ["console", "jsonl"], "project_name": "hiper", "experiment_name": "cpu_demo",
-                "resume": None, "device": "cpu", "num_threads": 2},
+                "resume": None, "device": "cpu", "num_threads": 1},
 }
 
 # ----------------------------------------------------------------------------------------------
