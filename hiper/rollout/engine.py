@@ -71,4 +71,29 @@ class GenerationEngine(Protocol):
     def sync(self) -> None: ...
 
 
-__all__ = ["FinishReason", "GenerationEngine", "GenerationOutput"]
+def check_sampling_args(temperature: float, top_p: float, max_new_tokens: int) -> None:
+    """Raise ``ValueError`` for sampling arguments no engine accepts."""
+    if temperature < 0:
+        raise ValueError(f"temperature must be >= 0, got {temperature}")
+    if not 0.0 < top_p <= 1.0:
+        raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+
+
+def encode_prompts(tokenizer: Any, prompts: Sequence[str] | Sequence[Sequence[int]]) -> list[list[int]]:
+    """Token ids of each prompt: text is encoded without special tokens (chat templates carry them),
+    id sequences are copied as ints. An empty prompt is a ``ValueError``."""
+    if not prompts:
+        return []
+    if isinstance(prompts[0], str):
+        ids = tokenizer(list(prompts), add_special_tokens=False)["input_ids"]
+    else:
+        ids = [list(map(int, p)) for p in prompts]
+    for i, p in enumerate(ids):
+        if not p:
+            raise ValueError(f"prompt {i} is empty")
+    return [list(p) for p in ids]
+
+
+__all__ = ["FinishReason", "GenerationEngine", "GenerationOutput", "check_sampling_args", "encode_prompts"]

@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-from hiper.rollout.engine import FinishReason, GenerationOutput
+from hiper.rollout.engine import FinishReason, GenerationOutput, check_sampling_args, encode_prompts
 
 #: compact the KV cache when at least this fraction of its rows have stopped.
 _COMPACT_FRACTION = 0.25
@@ -102,16 +102,7 @@ class HFEngine:
 
     def encode(self, prompts: Sequence[str] | Sequence[Sequence[int]]) -> list[list[int]]:
         """Token ids of each prompt (text is encoded without adding special tokens: chat templates have them)."""
-        if not prompts:
-            return []
-        if isinstance(prompts[0], str):
-            ids = self.tokenizer(list(prompts), add_special_tokens=False)["input_ids"]
-        else:
-            ids = [list(map(int, p)) for p in prompts]
-        for i, p in enumerate(ids):
-            if not p:
-                raise ValueError(f"prompt {i} is empty")
-        return [list(p) for p in ids]
+        return encode_prompts(self.tokenizer, prompts)
 
     def generate(
         self,
@@ -124,12 +115,7 @@ class HFEngine:
         seed: int | None = None,
     ) -> list[GenerationOutput]:
         """Generate one response per prompt (outputs in prompt order). ``seed`` overrides the engine generator."""
-        if temperature < 0:
-            raise ValueError(f"temperature must be >= 0, got {temperature}")
-        if not 0.0 < top_p <= 1.0:
-            raise ValueError(f"top_p must be in (0, 1], got {top_p}")
-        if max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+        check_sampling_args(temperature, top_p, max_new_tokens)
         stop = tuple(s for s in stop if s)
         prompt_ids = self.encode(prompts)
         generator = self.generator if seed is None else torch.Generator(device=self.device).manual_seed(seed)

@@ -35,7 +35,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
-from hiper.rollout.engine import FinishReason, GenerationOutput
+from hiper.rollout.engine import FinishReason, GenerationOutput, check_sampling_args, encode_prompts
 
 __all__ = [
     "BackendOutput",
@@ -333,16 +333,7 @@ class VLLMEngine:
 
     def encode(self, prompts: Sequence[str] | Sequence[Sequence[int]]) -> list[list[int]]:
         """Token ids of each prompt (text encoded without special tokens: chat templates carry them)."""
-        if not prompts:
-            return []
-        if isinstance(prompts[0], str):
-            ids = self.tokenizer(list(prompts), add_special_tokens=False)["input_ids"]
-        else:
-            ids = [list(map(int, p)) for p in prompts]
-        for i, p in enumerate(ids):
-            if not p:
-                raise ValueError(f"prompt {i} is empty")
-        return [list(p) for p in ids]
+        return encode_prompts(self.tokenizer, prompts)
 
     def _finish(self, out: BackendOutput, stop: tuple[str, ...]) -> FinishReason:
         if out.finish_reason == "length":
@@ -376,12 +367,7 @@ class VLLMEngine:
         for greedy decoding, and left empty otherwise (vLLM reports one log-prob mode per engine; the
         raw one is what PPO's ``old_log_probs`` need).
         """
-        if temperature < 0:
-            raise ValueError(f"temperature must be >= 0, got {temperature}")
-        if not 0.0 < top_p <= 1.0:
-            raise ValueError(f"top_p must be in (0, 1], got {top_p}")
-        if max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+        check_sampling_args(temperature, top_p, max_new_tokens)
         stop = tuple(s for s in stop if s)
         prompt_ids = self.encode(prompts)
         if not prompt_ids:
