@@ -24,7 +24,7 @@ $(STAMP): pyproject.toml Makefile
 install: $(STAMP)
 
 demo: install
-	$(BIN)/hiper bench advantage
+	$(BIN)/hiper train
 
 test: install
 	$(BIN)/ruff check hiper tests scripts
