@@ -376,6 +376,8 @@ def _reference(rows: VerlRows, name: str, config: Any, heads: int = 1) -> tuple[
         rewards=pad(batch.rewards), dones=pad(batch.dones, False), turn_mask=batch.turn_mask(),
         switch=pad(batch.boundary, False), valid=pad(batch.valid, True),
         keep_inconsistent=pad(batch.keep_inconsistent, False), group=batch.group, state_id=pad(sid, -1),
+        # spec 3.9: subgoal / switch advantages are whitened over the turns that have those spans
+        has_subgoal_span=pad(batch.subgoal_mask.any(1), False), has_switch_span=pad(batch.switch_mask.any(1), False),
         **{f"v_{h}": pad(x) for h, x in v.items()},
     )  # fmt: skip
     out = advantage.get(name)(inputs, config)

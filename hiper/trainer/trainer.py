@@ -403,31 +403,7 @@ class Trainer:
         from hiper import advantage
 
         scale = float(cfg_get(self.algo_cfg, "reward_scale", 1.0))
-        turn_mask = batch.turn_mask()
-        pad = batch.turn_tensor
-
-        def pv(head: str) -> Tensor | None:
-            v = batch.old_values.get(head)
-            return None if v is None else pad(v.float(), 0.0)
-
-        keys: dict[str, int] = {}
-        state_ids = torch.tensor([keys.setdefault(k, len(keys)) for k in batch.state_keys], dtype=torch.long)
-        inputs = advantage.AdvantageInputs(
-            rewards=pad(batch.rewards * scale, 0.0),
-            dones=pad(batch.dones, False),
-            turn_mask=turn_mask,
-            switch=pad(batch.boundary, False),
-            valid=pad(batch.valid, True),
-            keep_inconsistent=pad(batch.keep_inconsistent, False),
-            v_low=pv("low"),
-            v_high=pv("high"),
-            v_term=pv("term"),
-            v_turn=pv("turn"),
-            group=batch.group,
-            state_id=pad(state_ids, -1),
-            has_subgoal_span=pad(batch.subgoal_mask.any(1), False),
-            has_switch_span=pad(batch.switch_mask.any(1), False),
-        )
+        inputs = batch.advantage_inputs(batch.old_values, scale)
         out = advantage.get(self.estimator_name)(inputs, self.advantage_config())
         flat = batch.flat
         adv_action, adv_subgoal, adv_switch = flat(out.adv_action), flat(out.adv_subgoal), flat(out.adv_switch)

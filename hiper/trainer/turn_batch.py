@@ -263,3 +263,36 @@ class TurnBatch:
     def turn_mask(self) -> Tensor:
         """``[n_traj, T_max]`` bool: which (trajectory, turn) entries are real."""
         return self.turn_tensor(torch.ones(len(self), dtype=torch.bool), fill=False)
+
+    def advantage_inputs(self, values: dict[str, Tensor] | None, reward_scale: float = 1.0) -> Any:
+        """:class:`hiper.advantage.AdvantageInputs` of this batch in the padded ``[n_traj, T_max]`` layout.
+
+        ``values``: per-row critic values by head name (``low``, ``high``, ``term``, ``turn``; each ``[N]``),
+        or None for critic-free estimators. ``reward_scale`` multiplies the env rewards. GiGPO's anchor
+        states are the exact observation texts (``state_keys``), numbered in order of first appearance.
+        """
+        from hiper import advantage
+
+        pad = self.turn_tensor
+        keys: dict[str, int] = {}
+        state_ids = torch.tensor([keys.setdefault(k, len(keys)) for k in self.state_keys], dtype=torch.long)
+
+        def pv(head: str) -> Tensor | None:
+            return None if values is None or head not in values else pad(values[head].float(), 0.0)
+
+        return advantage.AdvantageInputs(
+            rewards=pad(self.rewards * reward_scale, 0.0),
+            dones=pad(self.dones, False),
+            turn_mask=self.turn_mask(),
+            switch=pad(self.boundary, False),
+            valid=pad(self.valid, True),
+            keep_inconsistent=pad(self.keep_inconsistent, False),
+            v_low=pv("low"),
+            v_high=pv("high"),
+            v_term=pv("term"),
+            v_turn=pv("turn"),
+            group=self.group,
+            state_id=pad(state_ids, -1),
+            has_subgoal_span=pad(self.subgoal_mask.any(1), False),
+            has_switch_span=pad(self.switch_mask.any(1), False),
+        )

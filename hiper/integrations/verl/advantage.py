@@ -90,30 +90,9 @@ def read_row_values(
 
 
 def advantage_inputs(batch: Any, values: dict[str, Tensor] | None, reward_scale: float = 1.0) -> Any:
-    """:class:`hiper.advantage.AdvantageInputs` of a turn batch (the same construction as the built-in trainer)."""
-    from hiper import advantage
-
-    pad = batch.turn_tensor
-    keys: dict[str, int] = {}
-    state_ids = torch.tensor([keys.setdefault(k, len(keys)) for k in batch.state_keys], dtype=torch.long)
-
-    def pv(head: str) -> Tensor | None:
-        return None if values is None or head not in values else pad(values[head].float(), 0.0)
-
-    return advantage.AdvantageInputs(
-        rewards=pad(batch.rewards * reward_scale, 0.0),
-        dones=pad(batch.dones, False),
-        turn_mask=batch.turn_mask(),
-        switch=pad(batch.boundary, False),
-        valid=pad(batch.valid, True),
-        keep_inconsistent=pad(batch.keep_inconsistent, False),
-        v_low=pv("low"),
-        v_high=pv("high"),
-        v_term=pv("term"),
-        v_turn=pv("turn"),
-        group=batch.group,
-        state_id=pad(state_ids, -1),
-    )
+    """:class:`hiper.advantage.AdvantageInputs` of a turn batch: :meth:`TurnBatch.advantage_inputs`,
+    the same construction as the built-in trainer."""
+    return batch.advantage_inputs(values, reward_scale)
 
 
 def compute_row_advantages(
