@@ -43,27 +43,11 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from hiper.envs.base import ExpertStep, TaskSpec
+from hiper.envs.base import ALFWORLD_TASK_PREFIXES, TASK_TYPES, ExpertStep, TaskSpec
 from hiper.envs.data import alfworld_json_dir
 
 #: ALFWorld game-folder prefix -> short task-type name (the household env's names).
-TASK_TYPE_OF_PREFIX = {
-    "pick_and_place_simple": "pick_and_place",
-    "look_at_obj_in_light": "look_at_obj_in_light",
-    "pick_clean_then_place_in_recep": "pick_clean_then_place",
-    "pick_heat_then_place_in_recep": "pick_heat_then_place",
-    "pick_cool_then_place_in_recep": "pick_cool_then_place",
-    "pick_two_obj_and_place": "pick_two_obj",
-}
-#: the six task types in the order papers report them (Pick, Look, Clean, Heat, Cool, Pick2).
-TASK_TYPES = (
-    "pick_and_place",
-    "look_at_obj_in_light",
-    "pick_clean_then_place",
-    "pick_heat_then_place",
-    "pick_cool_then_place",
-    "pick_two_obj",
-)
+TASK_TYPE_OF_PREFIX = ALFWORLD_TASK_PREFIXES
 #: games per split in the standard ALFWorld release (json_2.1.1, movable/sliced and unsolvable excluded).
 SPLIT_SIZES = {"train": 3553, "valid_seen": 140, "valid_unseen": 134, "valid_train": 200}
 #: alfworld's own split names -> ours.

@@ -27,6 +27,27 @@ INFO_KEYS = (
 )
 
 
+#: the six ALFWorld task types, short names, in the order papers report them (Pick, Look, Clean, Heat,
+#: Cool, Pick2). Both household-family envs (embedded world and real ALFWorld) use these names.
+TASK_TYPES = (
+    "pick_and_place",
+    "look_at_obj_in_light",
+    "pick_clean_then_place",
+    "pick_heat_then_place",
+    "pick_cool_then_place",
+    "pick_two_obj",
+)
+
+#: ALFWorld game-folder prefix -> short task-type name.
+ALFWORLD_TASK_PREFIXES = {
+    "pick_and_place_simple": "pick_and_place",
+    "look_at_obj_in_light": "look_at_obj_in_light",
+    "pick_clean_then_place_in_recep": "pick_clean_then_place",
+    "pick_heat_then_place_in_recep": "pick_heat_then_place",
+    "pick_cool_then_place_in_recep": "pick_cool_then_place",
+    "pick_two_obj_and_place": "pick_two_obj",
+}
+
 @dataclass(frozen=True, order=True)
 class TaskSpec:
     """Address of one task: ``env`` name, ``split``, ``index`` within the split, and ``seed``.

@@ -10,27 +10,16 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-#: the six ALFWorld task types (short names; ALFWorld's folder prefixes are in ``ALFWORLD_TASK_TYPES``).
-BASE_TASK_TYPES = (
-    "pick_and_place",
-    "look_at_obj_in_light",
-    "pick_clean_then_place",
-    "pick_heat_then_place",
-    "pick_cool_then_place",
-    "pick_two_obj",
-)
+from hiper.envs.base import ALFWORLD_TASK_PREFIXES
+from hiper.envs.base import TASK_TYPES as TASK_TYPES_ALFWORLD
+
+#: the six ALFWorld task types (short names, shared with the real ALFWorld env).
+BASE_TASK_TYPES = TASK_TYPES_ALFWORLD
 #: composite long-horizon type: ``chain_length`` pick/clean/heat/cool-and-place parts in one task.
 CHAIN = "chain"
 TASK_TYPES = BASE_TASK_TYPES + (CHAIN,)
 #: short name -> ALFWorld game-folder prefix (``pick_and_place_simple-Apple-None-Fridge-1``...).
-ALFWORLD_TASK_TYPES = {
-    "pick_and_place": "pick_and_place_simple",
-    "look_at_obj_in_light": "look_at_obj_in_light",
-    "pick_clean_then_place": "pick_clean_then_place_in_recep",
-    "pick_heat_then_place": "pick_heat_then_place_in_recep",
-    "pick_cool_then_place": "pick_cool_then_place_in_recep",
-    "pick_two_obj": "pick_two_obj_and_place",
-}
+ALFWORLD_TASK_TYPES = {short: prefix for prefix, short in ALFWORLD_TASK_PREFIXES.items()}
 
 
 @dataclass(frozen=True)
