@@ -124,8 +124,9 @@ def run_training(cfg: HiperConfig, logger: Any, resume_from: Path | None) -> Any
 
 
 def is_demo_run(args: argparse.Namespace, cfg: HiperConfig) -> bool:
-    """True for the CPU demo: the default preset (no ``--config`` or ``cpu_demo``), a fresh (not resumed) run."""
-    return args.config in (None, "cpu_demo") and cfg.trainer.resume is None
+    """True for the CPU demo: the default preset (no ``--config`` or ``cpu_demo``), a fresh (not resumed)
+    run with held-out evaluations (``trainer.eval_every > 0``: the table needs a before and an after)."""
+    return args.config in (None, "cpu_demo") and cfg.trainer.resume is None and cfg.trainer.eval_every > 0
 
 
 def run_demo(cfg: HiperConfig, logger: Any) -> Any:

@@ -228,14 +228,14 @@ def plot_learning_curve(history: Sequence[Mapping[str, Any]], path: str, title: 
     return path
 
 
-def format_table(before: Mapping[str, Any], after: Mapping[str, Any]) -> str:
+def format_table(before: Mapping[str, Any], after: Mapping[str, Any], after_label: str = "SFT + HiPER RL") -> str:
     """Before/after held-out table: overall success, per task type, episode length, invalid rate."""
     rows = [("success (all)", "eval/success")]
     types = sorted({k.split("/", 2)[2] for k in list(before) + list(after) if k.startswith("eval/success/")})
     rows += [(f"  {t}", f"eval/success/{t}") for t in types]
     rows += [("episode length", "eval/episode_length"), ("invalid-format rate", "eval/invalid_rate"),
              ("switch rate", "eval/switch_rate"), ("inadmissible rate", "eval/inadmissible_rate")]
-    lines = [f"{'held-out (valid_seen)':<26}{'SFT only':>10}{'SFT + HiPER RL':>16}", "-" * 52]
+    lines = [f"{'held-out (valid_seen)':<26}{'SFT only':>10}{after_label:>16}", "-" * 52]
     for name, key in rows:
         b, a = before.get(key, float("nan")), after.get(key, float("nan"))
         lines.append(f"{name:<26}{b:>10.3f}{a:>16.3f}")
@@ -267,9 +267,12 @@ def run_demo(config: Mapping[str, Any] | None = None, seed: int | None = None, o
         print(f"policy: tiny Qwen2, {n_params / 1e6:.2f}M parameters, vocab {len(trainer.tokenizer)}", flush=True)
     history = trainer.train()
     evals = [h for h in history if "eval/success" in h]
+    if not evals:
+        raise ValueError("run_demo needs held-out evaluations for its before/after table: set trainer.eval_every > 0")
     before, after = evals[0], evals[-1]
     wall = time.perf_counter() - t0
-    table = format_table(before, after)
+    estimator = str(cfg_get(cfg_get(config, "algorithm", None), "adv_estimator", "hae"))
+    table = format_table(before, after, "SFT + HiPER RL" if estimator == "hae" else f"SFT + {estimator.upper()} RL")
     png = None
     if plot:
         png = plot_learning_curve(history, os.path.join(out_dir, "learning_curve.png"))
