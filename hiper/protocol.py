@@ -120,6 +120,13 @@ class ParsedResponse:
 _FAST = re.compile(
     r"\s*(<switch>(KEEP|SWITCH)</switch>)\s*(<subgoal>([^<]*)</subgoal>)\s*(<action>([^<]*)</action>)\s*\Z"
 )
+# The fast path's full condition as one regex (non-blank subgoal and action): a match is a valid, canonical
+# response whose parse is exactly the fast path's. ``hiper.spans`` uses it to read block spans without
+# building ParsedResponse objects; the groups are those of ``_FAST``.
+_FAST_NONBLANK = re.compile(
+    r"\s*(<switch>(KEEP|SWITCH)</switch>)\s*(<subgoal>(\s*[^<\s][^<]*)</subgoal>)\s*"
+    r"(<action>(\s*[^<\s][^<]*)</action>)\s*\Z"
+)
 _TAG = re.compile(r"<(/?)(switch|subgoal|action)>", re.IGNORECASE)
 # Chinese/Japanese/Korean scripts and CJK punctuation (the official check is [\u4e00-\u9fff] only).
 _CJK = re.compile("[\u3000-\u303f\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff]")

@@ -26,9 +26,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from hiper.protocol import ParsedResponse, parse_response
+from hiper.protocol import _FAST_NONBLANK, ParsedResponse, parse_response
 
-__all__ = ["SpanBatch", "TokenByteTable", "bytes_to_unicode", "token_spans"]
+__all__ = ["ParsedRows", "SpanBatch", "TokenByteTable", "bytes_to_unicode", "token_spans"]
 
 
 @lru_cache(maxsize=1)
@@ -155,6 +155,34 @@ class TokenByteTable:
         )
 
 
+class ParsedRows(Sequence[ParsedResponse]):
+    """``parse_response`` of each row, built on first access.
+
+    Canonical ASCII rows (most of a trained policy's output) get their spans from one regex match in
+    :func:`token_spans`; their :class:`ParsedResponse` objects are only made when someone reads them.
+    """
+
+    def __init__(self, items: list[ParsedResponse | None], texts: list[str | None], strict: bool) -> None:
+        self._items, self._texts, self._strict = items, texts, strict
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __getitem__(self, i: Any) -> Any:
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        p = self._items[i]
+        if p is None:
+            p = self._items[i] = parse_response(self._texts[i], strict=self._strict)
+        return p
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Sequence) and list(self) == list(other)
+
+    def __repr__(self) -> str:
+        return f"ParsedRows({list(self)!r})"
+
+
 @dataclass
 class SpanBatch:
     """Token masks and value read positions of a batch of responses (all tensors on CPU).
@@ -170,7 +198,7 @@ class SpanBatch:
         action_fallback: bool ``[B]``: the action mask is the whole response.
     """
 
-    parsed: list[ParsedResponse]
+    parsed: Sequence[ParsedResponse]
     action_mask: torch.Tensor
     subgoal_mask: torch.Tensor
     switch_mask: torch.Tensor
@@ -178,15 +206,22 @@ class SpanBatch:
     v_high_pos: torch.Tensor
     v_low_pos: torch.Tensor
     action_fallback: torch.Tensor
+    #: bool ``[B]``: ``parsed[i].is_boundary`` / ``parsed[i].valid`` (filled by :func:`token_spans`)
+    boundary_flags: torch.Tensor | None = None
+    valid_flags: torch.Tensor | None = None
 
     @property
     def is_boundary(self) -> torch.Tensor:
         """bool ``[B]``: ``parsed[i].is_boundary``."""
+        if self.boundary_flags is not None:
+            return self.boundary_flags
         return torch.tensor([p.is_boundary for p in self.parsed], dtype=torch.bool)
 
     @property
     def valid(self) -> torch.Tensor:
         """bool ``[B]``: ``parsed[i].valid``."""
+        if self.valid_flags is not None:
+            return self.valid_flags
         return torch.tensor([p.valid for p in self.parsed], dtype=torch.bool)
 
 
@@ -282,18 +317,36 @@ def token_spans(
 
     # per row: decode, parse, char spans -> byte spans (the only Python loop)
     flat_spans: list[int] = []  # per row: switch, subgoal, action (start, end) byte spans; (0, 0) = no span
-    parsed: list[ParsedResponse] = []
+    parsed: list[ParsedResponse | None] = []  # None: canonical row, parsed lazily by ParsedRows
+    texts: list[str | None] = []
+    boundary: list[bool] = []
+    valid: list[bool] = []
     offsets = row_offset.tolist()
     empty = (0, 0)
     # all-ASCII batch (the common case): decode once; char offsets are byte offsets
     ascii_text = blob.decode("ascii") if blob.isascii() else None
+    canonical = _FAST_NONBLANK.match
     for r in range(n_rows):
         if ascii_text is not None:
-            text, char_to_byte = ascii_text[offsets[r] : offsets[r + 1]], None
+            lo, hi = offsets[r], offsets[r + 1]
+            m = canonical(ascii_text, lo, hi)  # \Z matches at hi
+            if m is not None:  # exactly parse_response's fast path: valid, spans = the regex groups
+                regs = m.regs
+                flat_spans.extend((regs[1][0] - lo, regs[1][1] - lo, regs[3][0] - lo, regs[3][1] - lo,
+                                   regs[5][0] - lo, regs[5][1] - lo))  # fmt: skip
+                parsed.append(None)
+                texts.append(ascii_text[lo:hi])
+                boundary.append(regs[2][1] - regs[2][0] == 6)  # SWITCH (non-blank subgoal guaranteed)
+                valid.append(True)
+                continue
+            text, char_to_byte = ascii_text[lo:hi], None
         else:
             text, char_to_byte = _decode_with_offsets(blob[offsets[r] : offsets[r + 1]])
         p = parse_response(text, strict=strict)
         parsed.append(p)
+        texts.append(None)
+        boundary.append(p.is_boundary)
+        valid.append(p.valid)
         spans = (p.switch_span or empty) + (p.subgoal_span or empty) + (p.action_span or empty)
         if char_to_byte is not None:
             spans = tuple(char_to_byte[list(spans)].tolist())
@@ -322,7 +375,7 @@ def token_spans(
     v_low = np.clip(v_low, 0, np.maximum(n_valid - 1, 0))
 
     return SpanBatch(
-        parsed=parsed,
+        parsed=ParsedRows(parsed, texts, strict),
         action_mask=torch.from_numpy(action_mask),
         subgoal_mask=torch.from_numpy(masks[1]),
         switch_mask=torch.from_numpy(masks[0]),
@@ -330,4 +383,6 @@ def token_spans(
         v_high_pos=torch.zeros(n_rows, dtype=torch.long),
         v_low_pos=torch.from_numpy(v_low.astype(np.int64)),
         action_fallback=torch.from_numpy(~has_action),
+        boundary_flags=torch.tensor(boundary, dtype=torch.bool),
+        valid_flags=torch.tensor(valid, dtype=torch.bool),
     )

@@ -328,3 +328,29 @@ def test_boundary_tokens_merging_a_tag_with_outside_text_are_included(qwen):
     assert masked(sb.subgoal_mask) == " <subgoal>find it.</subgoal>\n\n"
     assert masked(sb.action_mask) == "<action>look</action>\n"
     assert sb.parsed[0].warnings == ("text_outside_blocks",) and sb.parsed[0].valid
+
+
+@needs_qwen
+def test_lazy_canonical_rows_equal_the_eager_parse(qwen):
+    """Canonical ASCII rows take the span-only fast path; their parses, flags and masks equal an eager parse."""
+    tok, table = qwen
+    texts = [
+        format_response("SWITCH", "find the apple", "go to countertop 1"),
+        format_response("KEEP", "find the apple", "open fridge 1"),
+        "  " + format_response("KEEP", "x", "look") + "\n",
+        "<switch>KEEP</switch><subgoal>   </subgoal><action>look</action>",  # blank subgoal: general parser
+        "<switch>SWITCH or KEEP</switch><subgoal>a</subgoal><action>b</action>",
+        "I think I should go to shelf 6 now.",
+        "<switch>SWITCH</switch>\n<subgoal>find the mug</subgoal>\n<action>take mug 1 from desk 1</action>",
+    ]
+    ids = [tok(t, add_special_tokens=False)["input_ids"] + [QWEN_EOS] for t in texts]
+    sb = token_spans(table, ids)
+    eager = [parse_response(t) for t in texts]
+    assert list(sb.parsed) == eager and sb.parsed[1:3] == eager[1:3]
+    assert sb.is_boundary.tolist() == [p.is_boundary for p in eager] == [True, False, False, False, False, False, True]
+    assert sb.valid.tolist() == [p.valid for p in eager]
+    for r, p in enumerate(eager):  # the masks cover exactly the tokens overlapping the parser's char spans
+        offs = tok(texts[r], add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+        for span, mask in ((p.switch_span, sb.switch_mask), (p.subgoal_span, sb.subgoal_mask)):
+            want = [span is not None and s < span[1] and e > span[0] for s, e in offs] + [False]
+            assert mask[r, : len(want)].tolist() == want

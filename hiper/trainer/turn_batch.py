@@ -155,9 +155,7 @@ class TurnBatch:
 
         # the trainer-side parse of the token ids decides the segment boundary (spec 2.5 b); the manager's
         # text parse is what the env saw -- they agree for well-formed text
-        boundary = torch.tensor(
-            [bool(getattr(p, "is_boundary", False)) for p in spans.parsed], dtype=torch.bool
-        )
+        boundary = spans.is_boundary.clone()
         groups = [traj.group if traj.group is not None else i for i, traj in enumerate(trajectories)]
         rollout_logprobs = None
         if all(lp is not None and len(lp) == len(r) for lp, r, (*_, e) in zip(gen_logprobs, responses, rows) if not e):
