@@ -192,10 +192,23 @@ class Trainer:
 
     @property
     def engine(self) -> Any:
+        """The generation engine of ``rollout.engine``: ``hf`` (the training model itself) or ``vllm``
+        (its own copy of the weights, refreshed by ``engine.sync()`` after each update)."""
         if self._engine is None:
-            from hiper.rollout.hf import HFEngine
+            kind = cfg_get(self.rollout_cfg, "engine", "hf")
+            if kind == "vllm":
+                from hiper.rollout.vllm_engine import VLLMEngine
 
-            self._engine = HFEngine(self.policy, self.tokenizer)
+                path = cfg_get(self.model_cfg, "path", None)
+                if not path:
+                    raise ValueError("rollout.engine=vllm needs model.path (a checkpoint vLLM can load)")
+                self._engine = VLLMEngine.from_pretrained(path, tokenizer=self.tokenizer, source=self.policy)
+            elif kind == "hf":
+                from hiper.rollout.hf import HFEngine
+
+                self._engine = HFEngine(self.policy, self.tokenizer)
+            else:
+                raise ValueError(f"unknown rollout.engine {kind!r}; known: hf, vllm")
         return self._engine
 
     def _make_manager(self) -> Any:
