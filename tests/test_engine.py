@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -16,30 +14,6 @@ from hiper.envs.manager import EnvManager, InProcessBatch, run_episodes  # noqa:
 from hiper.rollout.engine import GenerationEngine, GenerationOutput  # noqa: E402
 from hiper.rollout.hf import HFEngine  # noqa: E402
 from hiper.rollout.policies import EnginePolicy  # noqa: E402
-
-SHARED = Path(os.environ.get("HIPER_SHARED", Path(__file__).resolve().parents[1] / ".." / "shared"))
-TOKENIZER_DIR = SHARED / "models" / "qwen2.5-instruct-tokenizer"
-
-
-@pytest.fixture(scope="module")
-def tokenizer() -> Any:
-    if not TOKENIZER_DIR.exists():
-        pytest.skip(f"Qwen2.5 tokenizer not found at {TOKENIZER_DIR} (set HIPER_SHARED)")
-    return transformers.AutoTokenizer.from_pretrained(str(TOKENIZER_DIR))
-
-
-@pytest.fixture(scope="module")
-def tiny_model(tokenizer: Any) -> Any:
-    torch.manual_seed(0)
-    cfg = transformers.Qwen2Config(
-        vocab_size=len(tokenizer),
-        hidden_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        intermediate_size=128,
-    )
-    return transformers.Qwen2ForCausalLM(cfg).eval()
 
 
 class ScriptedLM(torch.nn.Module):

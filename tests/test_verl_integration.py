@@ -7,7 +7,6 @@ Tests that need verl itself live in ``tests/test_verl_plugin_installed.py`` (ski
 from __future__ import annotations
 
 import asyncio
-import os
 import random
 from dataclasses import fields
 from pathlib import Path
@@ -42,16 +41,7 @@ from hiper.spans import TokenByteTable  # noqa: E402
 from hiper.trainer.ppo import value_loss_terms  # noqa: E402
 from hiper.trainer.turn_batch import TurnBatch  # noqa: E402
 
-SHARED = Path(os.environ.get("HIPER_SHARED", Path(__file__).resolve().parents[1] / ".." / "shared"))
-TOKENIZER_DIR = SHARED / "models" / "qwen2.5-instruct-tokenizer"
 MAX_TURNS = 6
-
-
-@pytest.fixture(scope="module")
-def tokenizer() -> Any:
-    if not TOKENIZER_DIR.exists():
-        pytest.skip(f"Qwen2.5 tokenizer not found at {TOKENIZER_DIR} (set HIPER_SHARED)")
-    return transformers.AutoTokenizer.from_pretrained(str(TOKENIZER_DIR))
 
 
 @pytest.fixture(scope="module")
