@@ -125,16 +125,22 @@ def value_loss_terms(
     ``0.5 * max((v - G)^2, (clip(v, v_old - c, v_old + c) - G)^2)`` (verl's convention, including
     the 0.5); ``cliprange=None`` disables clipping. Returns (loss sum, clipped-count).
     """
+    per, clipped = clipped_value_error(values, old_values, returns, cliprange)
+    return 0.5 * masked_sum(per, mask), masked_sum(clipped, mask).detach()
+
+
+def clipped_value_error(
+    values: Tensor, old_values: Tensor, returns: Tensor, cliprange: float | None
+) -> tuple[Tensor, Tensor]:
+    """Elementwise PPO value error ``max((v - G)^2, (clip(v, v_old - c, v_old + c) - G)^2)`` and a 0/1
+    tensor marking where the clipped term was the larger one (same shape as ``values``); ``cliprange=None``
+    gives the plain squared error and no clipping."""
     err = (values - returns) ** 2
     if cliprange is None:
-        per = err
-        clipped = torch.zeros_like(err)
-    else:
-        v_clip = old_values + torch.clamp(values - old_values, -cliprange, cliprange)
-        err_clip = (v_clip - returns) ** 2
-        per = torch.maximum(err, err_clip)
-        clipped = (err_clip > err).float()
-    return 0.5 * masked_sum(per, mask), masked_sum(clipped, mask).detach()
+        return err, torch.zeros_like(err)
+    v_clip = old_values + torch.clamp(values - old_values, -cliprange, cliprange)
+    err_clip = (v_clip - returns) ** 2
+    return torch.maximum(err, err_clip), (err_clip > err).to(values.dtype)
 
 
 def explained_variance(pred: Tensor, target: Tensor, mask: Tensor) -> float:

@@ -19,8 +19,9 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
 from torch import Tensor
+
+from hiper.trainer.ppo import clipped_value_error
 
 HEADS = ("low", "high", "term")
 
@@ -75,15 +76,7 @@ def position_value_loss(
     v = gather_head_values(vpreds, positions, critic_heads)
     v_old = gather_head_values(old_values, positions, critic_heads).detach()
     targets, weights = targets.to(v.dtype), weights.to(v.dtype)
-    err = (v - targets) ** 2
-    if cliprange_value is None:
-        per = err
-        clipped = torch.zeros_like(err)
-    else:
-        v_clip = v_old + torch.clamp(v - v_old, -cliprange_value, cliprange_value)
-        err_clip = (v_clip - targets) ** 2
-        per = torch.maximum(err, err_clip)
-        clipped = (err_clip > err).to(v.dtype)
+    per, clipped = clipped_value_error(v, v_old, targets, cliprange_value)
     loss = 0.5 * (per * weights).sum() / denominator
     active = weights > 0
     metrics: dict[str, float] = {}
