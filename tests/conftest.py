@@ -33,3 +33,14 @@ def tiny_model(tokenizer: Any) -> Any:
         num_key_value_heads=2, intermediate_size=128,
     )  # fmt: skip
     return transformers.Qwen2ForCausalLM(cfg).eval()
+
+
+@pytest.fixture(scope="module")
+def catalogue() -> Any:
+    """The WebShop 1000-product catalogue from the shared data (skips when it is missing)."""
+    from hiper.envs.webshop.data import WebShopDataMissing, default_data_dir, load_catalogue
+
+    try:
+        return load_catalogue(default_data_dir())
+    except WebShopDataMissing as e:
+        pytest.skip(f"WebShop data missing: {e}")

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from hiper.envs.webshop.data import WebShopDataMissing, default_data_dir, load_catalogue
+from hiper.envs.webshop.data import default_data_dir
 from hiper.envs.webshop.fuzz import full_process, token_set_ratio
 from hiper.envs.webshop.reward import get_reward, normalize_color
 
@@ -15,13 +15,6 @@ pytestmark = pytest.mark.webshop
 DATA = default_data_dir()
 FIXTURE = DATA / "fixtures" / "rewards_original_code_seed0.json"
 
-
-@pytest.fixture(scope="module")
-def catalogue():
-    try:
-        return load_catalogue(DATA)
-    except WebShopDataMissing as e:
-        pytest.skip(f"WebShop data missing: {e}")
 
 
 def test_full_process_matches_thefuzz_019():

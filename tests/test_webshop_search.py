@@ -9,7 +9,7 @@ import pytest
 pytest.importorskip("nltk")
 pytest.importorskip("regex")
 
-from hiper.envs.webshop.data import WebShopDataMissing, default_data_dir, load_catalogue  # noqa: E402
+from hiper.envs.webshop.data import default_data_dir  # noqa: E402
 from hiper.envs.webshop.search import BM25Index, byte4_to_int, int_to_byte4, tokenize  # noqa: E402
 
 pytestmark = pytest.mark.webshop
@@ -17,13 +17,6 @@ pytestmark = pytest.mark.webshop
 DATA = default_data_dir()
 FIXTURE = DATA / "fixtures" / "search_anserini_bm25_top50.jsonl"
 
-
-@pytest.fixture(scope="module")
-def catalogue():
-    try:
-        return load_catalogue(DATA)
-    except WebShopDataMissing as e:
-        pytest.skip(f"WebShop data missing: {e}")
 
 
 @pytest.fixture(scope="module")
