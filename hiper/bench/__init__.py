@@ -14,6 +14,7 @@ BENCHMARKS: dict[str, str] = {
     "alfworld": "hiper.bench.alfworld_env",  # ALFWorld env steps/s with 1 and 2 workers
     "webshop": "hiper.bench.webshop_env",  # WebShop env steps/s
     "household": "hiper.bench.household_env",  # embedded world steps/s
+    "rollout": "hiper.bench.rollout",  # generation tokens/s: our vLLM engine and loop vs raw vLLM
 }
 
 

@@ -29,10 +29,8 @@ the old weights and would otherwise be reused for prompts sharing a prefix.
 
 from __future__ import annotations
 
-import json
-import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
 from hiper.rollout.engine import FinishReason, GenerationOutput, check_sampling_args, encode_prompts
@@ -43,6 +41,7 @@ __all__ = [
     "VLLMBackend",
     "VLLMEngine",
     "backend_output_from_vllm",
+    "generation_eos_token_ids",
     "named_tensors",
     "vllm_sampling_kwargs",
 ]
@@ -146,15 +145,24 @@ def backend_output_from_vllm(request_output: Any) -> BackendOutput:
 
 def named_tensors(weights: Any) -> list[tuple[str, Any]]:
     """``(name, tensor)`` pairs from a module (``named_parameters`` + buffers via ``state_dict``), a
-    state dict, or an iterable of pairs. Names are HF checkpoint names (what ``load_weights`` expects)."""
+    state dict, or an iterable of pairs. Names are HF checkpoint names (what ``load_weights`` expects).
+
+    A peft LoRA module is sent merged (``W + B A * alpha / r``) under its base model's HF names
+    (:func:`hiper.trainer.models.merged_state_dict`); raw adapter tensors (``.lora_A.`` / ``.base_layer.``
+    names, which vLLM cannot load) are refused with an error."""
     if hasattr(weights, "state_dict") and callable(weights.state_dict):
-        weights = weights.state_dict()
-    if isinstance(weights, dict):
-        return [(str(k), v) for k, v in weights.items()]
-    pairs = list(weights)
+        from hiper.trainer.models import has_lora, merged_state_dict
+
+        weights = merged_state_dict(weights) if has_lora(weights) else weights.state_dict()
+    pairs = [(str(k), v) for k, v in weights.items()] if isinstance(weights, dict) else list(weights)
     for p in pairs:
         if not (isinstance(p, tuple) and len(p) == 2 and isinstance(p[0], str)):
             raise TypeError("weights must be a module, a state dict, or an iterable of (name, tensor) pairs")
+        if ".lora_" in p[0] or ".base_layer." in p[0]:
+            raise ValueError(
+                f"{p[0]!r} is a peft LoRA name vLLM cannot load: pass the peft model itself (merged "
+                "automatically) or hiper.trainer.models.merged_state_dict(model)"
+            )
     return pairs
 
 
@@ -209,17 +217,32 @@ class VLLMBackend:
             kwargs.pop("logprobs_mode")
             self.llm = LLM(**kwargs)
 
+    @classmethod
+    def from_llm(cls, llm: Any, sampling_params_cls: Any) -> VLLMBackend:
+        """Wrap an existing ``vllm.LLM`` (or a stand-in with the same ``generate``) and its
+        ``SamplingParams`` class without building a new engine (benchmarks share one LLM this way)."""
+        backend = cls.__new__(cls)
+        backend.llm = llm
+        backend._sampling_params_cls = sampling_params_cls
+        return backend
+
+    def request_sampling_params(self, n: int, sampling: SamplingSpec) -> list[Any]:
+        """``n`` ``SamplingParams``, one per request: ``vllm_sampling_kwargs(sampling)`` with request
+        ``i`` seeded ``seed + i`` (distinct, reproducible streams) when ``sampling.seed`` is set."""
+        base = vllm_sampling_kwargs(sampling)
+        params = []
+        for i in range(n):
+            kw = dict(base)
+            if sampling.seed is not None:
+                kw["seed"] = int(sampling.seed) + i
+            params.append(self._sampling_params_cls(**kw))
+        return params
+
     def generate(
         self, prompt_token_ids: Sequence[Sequence[int]], sampling: SamplingSpec
     ) -> list[BackendOutput]:
         """One :class:`BackendOutput` per prompt, in order (vLLM batches and schedules internally)."""
-        base = vllm_sampling_kwargs(sampling)
-        params = []
-        for i in range(len(prompt_token_ids)):
-            kw = dict(base)
-            if sampling.seed is not None:
-                kw["seed"] = int(sampling.seed) + i  # distinct, reproducible streams per request
-            params.append(self._sampling_params_cls(**kw))
+        params = self.request_sampling_params(len(prompt_token_ids), sampling)
         prompts = [{"prompt_token_ids": list(map(int, p))} for p in prompt_token_ids]
         outputs = self.llm.generate(prompts, sampling_params=params, use_tqdm=False)
         return [backend_output_from_vllm(o) for o in outputs]
@@ -255,6 +278,18 @@ def _load_weights_rpc(worker: Any, pairs: list[tuple[str, Any]]) -> None:  # pra
     """Runs inside each vLLM worker process (``LLM.collective_rpc``)."""
     device = next(worker.model_runner.model.parameters()).device
     worker.model_runner.model.load_weights([(n, t.to(device)) for n, t in pairs])
+
+
+def generation_eos_token_ids(model: str) -> list[int]:
+    """The EOS ids in ``model``'s ``generation_config.json`` (Qwen2.5-Instruct: ``<|im_end|>`` and
+    ``<|endoftext|>``); ``[]`` when the model has none or it cannot be read."""
+    from transformers import GenerationConfig
+
+    try:
+        gen_eos = GenerationConfig.from_pretrained(model).eos_token_id
+    except (OSError, ValueError):
+        return []
+    return [int(gen_eos)] if isinstance(gen_eos, int) else [int(i) for i in gen_eos or []]
 
 
 class VLLMEngine:
@@ -302,15 +337,10 @@ class VLLMEngine:
         """Build a :class:`VLLMBackend` for ``model`` and its tokenizer (``AutoTokenizer`` of ``model``
         unless given). The EOS ids include the model's ``generation_config`` EOS (Qwen2.5-Instruct:
         ``<|im_end|>`` and ``<|endoftext|>``), as :class:`~hiper.rollout.hf.HFEngine` uses."""
-        from transformers import AutoTokenizer, GenerationConfig
+        from transformers import AutoTokenizer
 
         tok = tokenizer if tokenizer is not None else AutoTokenizer.from_pretrained(model)
-        extra: list[int] = []
-        try:
-            gen_eos = GenerationConfig.from_pretrained(model).eos_token_id
-            extra = [gen_eos] if isinstance(gen_eos, int) else list(gen_eos or [])
-        except (OSError, ValueError):
-            pass
+        extra = generation_eos_token_ids(model)
         return cls(VLLMBackend(model, **backend_kwargs), tok, extra_eos_token_ids=extra, source=source)
 
     # -- weights --------------------------------------------------------------------------------
@@ -404,80 +434,7 @@ class VLLMEngine:
         return outputs
 
 
-@dataclass
-class _BenchResult:
-    engine: str
-    n_prompts: int
-    generated_tokens: int
-    seconds: float
-    extra: dict[str, Any] = field(default_factory=dict)
+if __name__ == "__main__":  # pragma: no cover - the benchmark moved to hiper.bench.rollout
+    from hiper.bench.rollout import main
 
-    def line(self) -> str:
-        return json.dumps(
-            {"bench": "rollout_engine", "engine": self.engine, "n_prompts": self.n_prompts,
-             "generated_tokens": self.generated_tokens, "seconds": round(self.seconds, 3),
-             "tokens_per_s": round(self.generated_tokens / max(self.seconds, 1e-9), 1), **self.extra}
-        )  # fmt: skip
-
-
-def bench_engines(
-    model: str,
-    engines: Sequence[str] = ("hf", "vllm"),
-    n_prompts: int = 64,
-    max_new_tokens: int = 256,
-    temperature: float = 1.0,
-    seed: int = 0,
-) -> list[str]:  # pragma: no cover - needs a GPU; run by hand (see docs/scale_out.md)
-    """Generation throughput of HFEngine vs VLLMEngine on household protocol prompts (one JSON line each)."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from hiper.envs import make_env, task_panel
-    from hiper.protocol import chat_prompt, render_prompt
-
-    tok = AutoTokenizer.from_pretrained(model)
-    prompts = []
-    for task in task_panel("household", "train", n=n_prompts, seed=seed):
-        env = make_env("household")
-        obs, info = env.reset(task)
-        text = render_prompt(
-            "household",
-            task=str(info.get("task", "")),
-            observation=obs,
-            admissible=list(info.get("admissible", [])),
-            current_subgoal=None,
-            history=[],
-            step=0,
-        )
-        prompts.append(chat_prompt(tok, text))
-    lines = []
-    for name in engines:
-        if name == "hf":
-            from hiper.rollout.hf import HFEngine
-
-            lm = AutoModelForCausalLM.from_pretrained(model, dtype=torch.bfloat16).cuda().eval()
-            engine: Any = HFEngine(lm, tok, max_batch_size=n_prompts, seed=seed)
-        else:
-            engine = VLLMEngine.from_pretrained(model, tokenizer=tok)
-        engine.generate(prompts[:2], temperature=temperature, max_new_tokens=8, seed=seed)  # warm-up
-        t0 = time.perf_counter()
-        outs = engine.generate(prompts, temperature=temperature, max_new_tokens=max_new_tokens, seed=seed)
-        dt = time.perf_counter() - t0
-        n_tok = sum(len(o.response_ids) for o in outs)
-        lines.append(_BenchResult(name, len(prompts), n_tok, dt, {"model": model}).line())
-        del engine
-        torch.cuda.empty_cache()
-    return lines
-
-
-if __name__ == "__main__":  # pragma: no cover
-    import argparse
-
-    ap = argparse.ArgumentParser(description="HFEngine vs VLLMEngine generation throughput (GPU)")
-    ap.add_argument("--model", default="Qwen/Qwen2.5-1.5B-Instruct")
-    ap.add_argument("--engines", default="hf,vllm")
-    ap.add_argument("--n-prompts", type=int, default=64)
-    ap.add_argument("--max-new-tokens", type=int, default=256)
-    args = ap.parse_args()
-    for line in bench_engines(args.model, args.engines.split(","), args.n_prompts, args.max_new_tokens):
-        print(line)
+    raise SystemExit(main())
