@@ -3,7 +3,8 @@
 Layout (``<output_dir>/checkpoints/``)::
 
     iter_000010/
-        policy/             HF ``save_pretrained`` folder + tokenizer (``hiper eval --policy <this dir>``)
+        policy/             HF ``save_pretrained`` folder + tokenizer (``hiper eval --policy <this dir>``);
+                            a LoRA policy is saved merged, with peft's adapter folder in ``policy/adapter/``
         critic/             ``save_pretrained`` folder if the module has one, else ``state_dict.pt``
         trainer_state.pt    iteration, optimizer + scheduler states, RNG streams, ``extra`` (sampler position...)
         config.yaml         the resolved run config
@@ -37,6 +38,9 @@ LATEST = "latest"
 TRAINER_STATE = "trainer_state.pt"
 CONFIG_FILE = "config.yaml"
 STATE_DICT_FILE = "state_dict.pt"
+#: sub-folder of a LoRA policy folder holding peft's adapter (``save_pretrained`` of the PeftModel).
+LORA_ADAPTER_DIR = "adapter"
+LORA_ADAPTER_FILE = "adapter_model.safetensors"
 FORMAT_VERSION = 1
 _ITER_RE = re.compile(r"^iter_(\d+)$")
 _TMP_RE = re.compile(r"^(?P<name>.+)\.(?:tmp|old)-(?P<pid>\d+)$")
@@ -179,11 +183,43 @@ def _write_pointer(root: Path, name: str) -> None:
 
 
 def _save_model(model: nn.Module, folder: Path) -> None:
+    """``save_pretrained`` (or ``state_dict.pt``); a peft LoRA model is written as a merged HF folder.
+
+    LoRA layout: ``folder/`` is a plain transformers folder with the adapters merged into the weights (what
+    ``hiper eval``, ``from_pretrained`` and vLLM load), and ``folder/adapter/`` is peft's adapter folder
+    (the exact adapter tensors that resume restores; the base is rebuilt from the run config).
+    """
     folder.mkdir(parents=True, exist_ok=True)
-    if hasattr(model, "save_pretrained"):
+    if hasattr(model, "peft_config") and hasattr(model, "get_base_model"):
+        from hiper.trainer.models import merged_state_dict
+
+        model.get_base_model().save_pretrained(str(folder), state_dict=merged_state_dict(model))
+        model.save_pretrained(str(folder / LORA_ADAPTER_DIR))
+    elif hasattr(model, "save_pretrained"):
         model.save_pretrained(str(folder))
     else:
         torch.save(model.state_dict(), folder / STATE_DICT_FILE)
+
+
+def _load_adapter(model: nn.Module, folder: Path) -> None:
+    """Restore a peft model's adapter tensors from ``folder/adapter/`` (or a bare adapter ``folder``)."""
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    candidates = [folder / LORA_ADAPTER_DIR / LORA_ADAPTER_FILE, folder / LORA_ADAPTER_FILE]
+    path = next((c for c in candidates if c.is_file()), None)
+    if path is None:
+        raise FileNotFoundError(
+            f"{folder} has no LoRA adapter ({LORA_ADAPTER_DIR}/{LORA_ADAPTER_FILE}) but the model has LoRA "
+            "adapters: was it saved without model.lora.enabled=true? (its merged weights load into a model "
+            "built with model.lora.enabled=false)"
+        )
+    adapter = load_file(str(path))
+    result = set_peft_model_state_dict(model, adapter)
+    missing = [k for k in result.missing_keys if ".lora_" in k]
+    if missing or result.unexpected_keys:
+        raise RuntimeError(f"{path}: adapter does not fit the model (LoRA r / target_modules differ?); "
+                           f"missing {missing[:3]}, unexpected {list(result.unexpected_keys)[:3]}")
 
 
 def _load_model(model: nn.Module, folder: Path) -> None:
@@ -191,11 +227,8 @@ def _load_model(model: nn.Module, folder: Path) -> None:
     if (folder / STATE_DICT_FILE).is_file():
         model.load_state_dict(torch.load(folder / STATE_DICT_FILE, map_location="cpu", weights_only=True))
         return
-    if hasattr(model, "peft_config"):
-        from peft import set_peft_model_state_dict
-        from safetensors.torch import load_file
-
-        set_peft_model_state_dict(model, load_file(str(folder / "adapter_model.safetensors")))
+    if hasattr(model, "peft_config") and hasattr(model, "get_base_model"):
+        _load_adapter(model, folder)
         return
     from safetensors.torch import load_file
 

@@ -223,12 +223,141 @@ def build_policy(model_cfg: Any, tokenizer: Any, seed: int = 0) -> nn.Module:
 
 
 def make_reference(model: nn.Module) -> nn.Module:
-    """A frozen deep copy of ``model`` in eval mode (the KL reference)."""
+    """The frozen KL reference: the policy as it is now, in eval mode, never trained.
+
+    A full model: a deep copy. A peft LoRA policy: a :class:`LoraReference` (the policy's own frozen base
+    with a copy of the adapter as it is now), so the reference costs adapter-sized memory, not a second
+    model; with a fresh adapter (``lora_B = 0``, peft's init) it is exactly the base without adapters.
+    """
+    if hasattr(model, "disable_adapter") and has_lora(model):
+        return LoraReference(model)
     ref = copy.deepcopy(unwrap(model))
     ref.eval()
     for p in ref.parameters():
         p.requires_grad_(False)
     return ref
+
+
+# ----------------------------------------------------------------------------------------------
+# LoRA: adapter names, merged (HF-named) weights, the adapter-sized reference
+# ----------------------------------------------------------------------------------------------
+
+
+def has_lora(model: nn.Module) -> bool:
+    """True when peft LoRA layers are injected in ``model`` (a ``PeftModel`` or its base)."""
+    return any(hasattr(m, "lora_A") for m in model.modules())
+
+
+def _is_adapter_key(name: str) -> bool:
+    return ".lora_" in name
+
+
+def _check_plain_lora(name: str, module: nn.Module) -> None:
+    """peft features whose merged weights are not ``W + B A * scaling`` are refused, not mis-merged."""
+    if any(getattr(module, "use_dora", {}).values()):
+        raise NotImplementedError(f"{name}: DoRA adapters are not supported by merged_state_dict")
+
+
+@torch.no_grad()
+def merged_state_dict(model: nn.Module) -> dict[str, Tensor]:
+    """The state dict of ``model`` with its LoRA adapters merged, under the base model's HF names.
+
+    ``W_merged = W + (B @ A) * alpha / r`` for every LoRA layer (peft's ``get_delta_weight``, active
+    adapters only; nothing is added when the adapters are disabled or already merged). Keys are what
+    ``save_pretrained`` / vLLM's ``load_weights`` expect (``model.layers.0.self_attn.q_proj.weight``):
+    the peft prefix (``base_model.model.``), ``.base_layer`` and the adapter tensors are removed.
+    ``model`` is not modified. A model without LoRA returns its own ``state_dict()`` (base names).
+    Tensors are detached; unchanged ones share storage with the model.
+    """
+    base = unwrap(model)
+    if not has_lora(base):
+        return dict(base.state_dict())
+    deltas: dict[str, Tensor] = {}
+    for name, module in base.named_modules():
+        if not (hasattr(module, "lora_A") and hasattr(module, "get_delta_weight")):
+            continue
+        _check_plain_lora(name, module)
+        if getattr(module, "disable_adapters", False) or getattr(module, "merged", False):
+            continue
+        for adapter in module.active_adapters:
+            if adapter in module.lora_A or adapter in getattr(module, "lora_embedding_A", {}):
+                delta = module.get_delta_weight(adapter)
+                key = f"{name}.weight"
+                deltas[key] = delta if key not in deltas else deltas[key] + delta
+    out: dict[str, Tensor] = {}
+    for key, tensor in base.state_dict().items():
+        if _is_adapter_key(key):
+            continue
+        if ".modules_to_save." in key or ".original_module." in key:
+            raise NotImplementedError(f"{key}: peft modules_to_save are not supported by merged_state_dict")
+        hf_key = key.replace(".base_layer.", ".")
+        if hf_key in deltas:
+            tensor = tensor + deltas[hf_key].to(tensor.dtype)
+        out[hf_key] = tensor
+    return out
+
+
+def merge_lora(model: nn.Module) -> nn.Module:
+    """A plain transformers model with the LoRA adapters merged (``model`` itself is left unchanged).
+
+    For export (``save_pretrained`` -> vLLM, ``hiper eval``); a model without LoRA is returned as is.
+    Memory: one more full copy of the model.
+    """
+    if not has_lora(model):
+        return model
+    if not hasattr(model, "merge_and_unload"):
+        raise TypeError(f"merge_lora needs a peft PeftModel, got {type(model).__name__}")
+    merged = copy.deepcopy(model).merge_and_unload()
+    merged.eval()
+    return merged
+
+
+class LoraReference(nn.Module):
+    """KL reference of a peft LoRA policy: the policy's (frozen) base + a frozen copy of its adapter.
+
+    Holds only the adapter snapshot (buffers named after the policy's adapter parameters, ``.`` written
+    as ``/``), so ``state_dict()`` / checkpoints are adapter-sized. Forward passes go
+    through :func:`response_logprobs`, which calls :meth:`response_logprobs` here: an all-zero snapshot
+    (a fresh adapter) runs the policy under ``disable_adapter()`` (the base, bit for bit); otherwise the
+    snapshot is swapped into the adapter parameters for the call and the live ones are put back after.
+    """
+
+    def __init__(self, policy: nn.Module) -> None:
+        super().__init__()
+        self.__dict__["policy"] = policy  # not a submodule: its weights are not the reference's state
+        self.adapter_names = [n for n, _ in policy.named_parameters() if _is_adapter_key(n)]
+        if not self.adapter_names:
+            raise ValueError("LoraReference needs a policy with LoRA adapter parameters")
+        params = dict(policy.named_parameters())
+        for name in self.adapter_names:
+            self.register_buffer(name.replace(".", "/"), params[name].detach().clone())
+
+    def snapshot(self) -> dict[str, Tensor]:
+        """The frozen adapter tensors by the policy's parameter names."""
+        return {n: getattr(self, n.replace(".", "/")) for n in self.adapter_names}
+
+    @torch.no_grad()
+    def response_logprobs(self, *args: Any, **kwargs: Any) -> tuple[Tensor, Tensor | None]:
+        """:func:`response_logprobs` of the reference (same arguments; no gradient, eval mode)."""
+        policy = self.policy
+        was_training = policy.training
+        policy.eval()
+        snapshot = self.snapshot()
+        try:
+            if not any(bool(t.any()) for t in snapshot.values()):
+                with policy.disable_adapter():
+                    return response_logprobs(policy, *args, **kwargs)
+            params = dict(policy.named_parameters())
+            live = {n: params[n].data for n in snapshot}
+            try:
+                for n, t in snapshot.items():
+                    params[n].data = t
+                return response_logprobs(policy, *args, **kwargs)
+            finally:
+                for n, t in live.items():
+                    params[n].data = t
+        finally:
+            policy.train(was_training)
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -281,6 +410,10 @@ def response_logprobs(
     hidden states go through the LM head, so memory is ``B * L * V`` rather than ``B * (P + L) * V``.
     Logits are divided by ``temperature`` (the sampling temperature, as verl does).
     """
+    if isinstance(model, LoraReference):
+        return model.response_logprobs(
+            input_ids, attention_mask, prompt_width, response_ids, temperature=temperature, with_entropy=with_entropy
+        )
     decoder, head = backbone_and_head(model)
     length = response_ids.shape[1]
     h = hidden_states(decoder, input_ids, attention_mask)[:, prompt_width - 1 : prompt_width - 1 + length]
