@@ -214,12 +214,14 @@ def _load_adapter(model: nn.Module, folder: Path) -> None:
             "adapters: was it saved without model.lora.enabled=true? (its merged weights load into a model "
             "built with model.lora.enabled=false)"
         )
-    adapter = load_file(str(path))
-    result = set_peft_model_state_dict(model, adapter)
+    misfit = f"{path}: adapter does not fit the model (model.lora r / target_modules differ from the run's?)"
+    try:
+        result = set_peft_model_state_dict(model, load_file(str(path)))
+    except RuntimeError as exc:  # shape mismatch (another r)
+        raise RuntimeError(f"{misfit}: {str(exc).splitlines()[1:2]}") from exc
     missing = [k for k in result.missing_keys if ".lora_" in k]
     if missing or result.unexpected_keys:
-        raise RuntimeError(f"{path}: adapter does not fit the model (LoRA r / target_modules differ?); "
-                           f"missing {missing[:3]}, unexpected {list(result.unexpected_keys)[:3]}")
+        raise RuntimeError(f"{misfit}; missing {missing[:3]}, unexpected {list(result.unexpected_keys)[:3]}")
 
 
 def _load_model(model: nn.Module, folder: Path) -> None:

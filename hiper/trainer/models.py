@@ -180,8 +180,13 @@ def load_pretrained_policy(path: str, dtype: Any = "float32") -> nn.Module:
     return AutoModelForCausalLM.from_pretrained(folder, **kwargs)
 
 
-def apply_lora(model: nn.Module, lora_cfg: Any) -> nn.Module:
-    """Wrap ``model`` with peft LoRA adapters (``r``, ``alpha``, ``dropout``, ``target_modules``)."""
+def apply_lora(model: nn.Module, lora_cfg: Any, seed: int = 0) -> nn.Module:
+    """Wrap ``model`` with peft LoRA adapters (``r``, ``alpha``, ``dropout``, ``target_modules``).
+
+    peft initialises ``lora_A`` randomly (``lora_B = 0``, so the wrapped model starts equal to the base);
+    that draw uses a private CPU stream seeded by ``seed``, so the adapter is a function of the seed and
+    the global RNG is left untouched. ``model`` is modified in place (layers injected) and wrapped.
+    """
     try:
         from peft import LoraConfig, get_peft_model
     except ImportError as exc:  # the extra is optional
@@ -194,7 +199,9 @@ def apply_lora(model: nn.Module, lora_cfg: Any) -> nn.Module:
         target_modules=list(targets),
         task_type="CAUSAL_LM",
     )
-    return get_peft_model(model, config)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return get_peft_model(model, config)
 
 
 def build_policy(model_cfg: Any, tokenizer: Any, seed: int = 0) -> nn.Module:
@@ -218,7 +225,7 @@ def build_policy(model_cfg: Any, tokenizer: Any, seed: int = 0) -> nn.Module:
         model.config.use_cache = False
     lora = cfg_get(model_cfg, "lora", None)
     if lora is not None and cfg_get(lora, "enabled", False):
-        model = apply_lora(model, lora)
+        model = apply_lora(model, lora, seed=seed + 1)
     return model
 
 
