@@ -154,6 +154,7 @@ def test_summary_flags_token_count_mismatch() -> None:
         s["token_count_rel_diff"] == pytest.approx(10 / 110, abs=1e-4) and s["token_count_mismatch"] is True
     )
     assert s["identical_responses"] == 0.5 and s["ours_vs_raw"] == pytest.approx(55 / 100)
+    assert s["ours_overhead_ms"] == pytest.approx(1000.0)
     assert s["goal_met"] is False
     assert rb.summarize(raw, ours, token_tolerance=0.2)["token_count_mismatch"] is False
     fast = rb.summarize(raw, [rb.Run(1.05, [[1] * 50, [2] * 50])])

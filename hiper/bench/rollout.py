@@ -348,7 +348,8 @@ def summarize(
     """Summary record: medians of (a)..(d), ``ours_vs_raw`` and ``goal_met``, and the token-count check.
 
     ``token_count_rel_diff`` = ``|sum(a) - sum(b)| / max(sum(a), sum(b))`` over all timed runs;
-    ``identical_responses``: fraction of prompts whose ids were equal in the last run of each side.
+    ``identical_responses``: fraction of prompts whose ids were equal in the last run of each side;
+    ``ours_overhead_ms``: median seconds of (b) minus those of (a), in ms.
     """
     if not raw or not ours:
         raise ValueError("summarize needs at least one raw and one ours run")
@@ -367,6 +368,10 @@ def summarize(
         "raw_tokens_per_s": round(raw_rate, 1),
         "ours_tokens_per_s": round(ours_rate, 1),
         "ours_vs_raw": round(ratio, 4),
+        # host-side cost of our engine per call (params, log-prob checks, decoding); noisy, can be < 0
+        "ours_overhead_ms": round(
+            1000 * (statistics.median(r.seconds for r in ours) - statistics.median(r.seconds for r in raw)), 2
+        ),
         "goal": GOAL,
         "goal_met": None if dry_run else bool(ratio >= GOAL),
         "raw_generated_tokens": raw_total,
