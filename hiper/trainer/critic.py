@@ -10,6 +10,12 @@ Channels (the official code's map): 0 = ``low``, 1 = ``high``, 2 = ``term``. Wit
 
 A one-head critic exposes a single ``turn`` value read at ``P - 1`` (turn-level PPO / GAE baseline).
 
+Paper switch mode (spec §7.1 Mode B) also needs ``V^low(s_t, o_{t-1})``: the low head on the KEEP continuation
+``<switch>KEEP</switch>\n<subgoal>{o_{t-1}}</subgoal>\n`` of the same prompt. ``read_values(..., keep_ids=...)``
+gets it from the main pass's prompt KV cache (the prompt is encoded once): after the ``[prompt | response]``
+forward the cache is cut back to the prompt and the KEEP tokens are run on top of it
+(:func:`continue_from_prompt`).
+
 Modes: ``separate`` (the official setup: its own backbone, trained by its own optimizer) and
 ``shared`` (memory-saving: the heads sit on the policy's backbone, whose hidden states are detached,
 so only the head is trained by the value loss and the policy is untouched by it).
@@ -17,13 +23,20 @@ so only the head is trained by the value loss and the policy is untouched by it)
 
 from __future__ import annotations
 
+import contextlib
 import copy
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from hiper.trainer.models import backbone_and_head, cfg_get, hidden_states, resolve_dtype
+from hiper.trainer.models import (
+    backbone_and_head,
+    cfg_get,
+    hidden_states,
+    position_ids_from_mask,
+    resolve_dtype,
+)
 
 #: channel index of each named head.
 HEAD_CHANNELS = {"low": 0, "high": 1, "term": 2}
@@ -38,6 +51,57 @@ def head_names(n_heads: int) -> tuple[str, ...]:
     if n_heads == 3:
         return ("low", "high", "term")
     raise ValueError(f"critic n_heads must be 1, 2 or 3, got {n_heads}")
+
+
+def encode_with_cache(decoder: nn.Module, input_ids: Tensor, attention_mask: Tensor, keep: int) -> tuple[Tensor, Any]:
+    """Last-layer hidden states ``[B, S, H]`` of ``decoder`` and its KV cache cut back to the first ``keep`` positions.
+
+    With the trainer's layout (prompt left-padded to ``P``) ``keep = P`` leaves exactly the prompt in the cache,
+    ready for :func:`continue_from_prompt`.
+    """
+    out = decoder(
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        position_ids=position_ids_from_mask(attention_mask),
+        use_cache=True,
+    )
+    cache = out.past_key_values
+    if cache is None:
+        raise TypeError(f"{type(decoder).__name__} returned no KV cache; the continuation passes need one")
+    extra = int(input_ids.shape[1]) - int(keep)
+    if extra > 0:
+        cache.crop(-extra)  # a negative count removes that many trailing positions (transformers 4.x and 5.x)
+    h = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
+    return h, cache
+
+
+def continue_from_prompt(
+    decoder: nn.Module, cache: Any, prompt_mask: Tensor, cont_ids: Tensor, cont_mask: Tensor, repeats: int = 1
+) -> Tensor:
+    """Hidden states ``[B * repeats, C, H]`` of continuations run on top of a cached (left-padded) prompt.
+
+    Args:
+        decoder: the model that filled ``cache``.
+        cache: KV cache holding exactly the ``[B, P]`` prompt (see :func:`encode_with_cache`); it is consumed
+            (expanded and appended to in place).
+        prompt_mask: ``[B, P]`` attention mask of the prompt (left padding).
+        cont_ids, cont_mask: ``[B * repeats, C]`` right-padded continuation tokens; row ``i * repeats + r`` continues
+            prompt ``i``. Positions continue from each prompt's real length, so the result equals a plain
+            forward over ``[prompt | continuation]`` (up to float noise) at the valid continuation positions.
+    """
+    if repeats > 1:
+        cache.batch_repeat_interleave(repeats)
+        prompt_mask = prompt_mask.repeat_interleave(repeats, dim=0)
+    cont_mask = cont_mask.to(prompt_mask.dtype)
+    positions = prompt_mask.long().sum(1, keepdim=True) + torch.arange(cont_ids.shape[1], device=cont_ids.device)
+    out = decoder(
+        input_ids=cont_ids,
+        attention_mask=torch.cat([prompt_mask, cont_mask], dim=1),
+        position_ids=positions,
+        past_key_values=cache,
+        use_cache=True,
+    )
+    return out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
 
 
 class ValueModel(nn.Module):
@@ -68,19 +132,37 @@ class ValueModel(nn.Module):
         return [p for p in self.parameters() if p.requires_grad]
 
     def read_values(
-        self, input_ids: Tensor, attention_mask: Tensor, prompt_width: int, v_low_pos: Tensor
+        self,
+        input_ids: Tensor,
+        attention_mask: Tensor,
+        prompt_width: int,
+        v_low_pos: Tensor,
+        keep_ids: Tensor | None = None,
+        keep_mask: Tensor | None = None,
     ) -> dict[str, Tensor]:
         """Values ``{head: [B]}`` at the read positions (see the module docstring).
 
         ``input_ids``/``attention_mask`` are ``[B, P + L]`` with ``P = prompt_width``; ``v_low_pos`` is
-        ``[B]`` long, response positions in ``[0, L)``.
+        ``[B]`` long, response positions in ``[0, L)``. With ``keep_ids``/``keep_mask`` (``[B, K]``, right-padded
+        KEEP-continuation tokens that end at the low read position, see
+        :meth:`hiper.trainer.turn_batch.TurnBatch.attach_keep_continuations`) the result also has
+        ``low_keep`` = V^low(s_t, o_{t-1}): the low head after the last KEEP token, from the same prompt encoding.
         """
-        if self.shared:
-            with torch.no_grad():
+        with_keep = keep_ids is not None
+        if with_keep and (keep_mask is None or self.n_heads < 2):
+            raise ValueError("low_keep needs keep_mask and a critic with a low head (n_heads >= 2)")
+        # shared mode: the policy's backbone is frozen for the value loss (heads-only training)
+        with torch.no_grad() if self.shared else contextlib.nullcontext():
+            if with_keep:
+                assert keep_ids is not None and keep_mask is not None
+                h, cache = encode_with_cache(self.backbone, input_ids, attention_mask, prompt_width)
+                keep_h = continue_from_prompt(self.backbone, cache, attention_mask[:, :prompt_width], keep_ids,
+                                              keep_mask)
+                del cache
+            else:
                 h = hidden_states(self.backbone, input_ids, attention_mask)
+        if self.shared:
             h = h.detach()
-        else:
-            h = hidden_states(self.backbone, input_ids, attention_mask)
         batch = torch.arange(input_ids.shape[0], device=input_ids.device)
         pre = h[:, prompt_width - 1]  # [B, H] state after the prompt
         out: dict[str, Tensor] = {}
@@ -94,6 +176,12 @@ class ValueModel(nn.Module):
         out["high"] = pre_values[:, HEAD_CHANNELS["high"]]
         if self.n_heads == 3:
             out["term"] = pre_values[:, HEAD_CHANNELS["term"]]
+        if with_keep:
+            assert keep_mask is not None
+            last = (keep_mask.long().sum(1) - 1).clamp(min=0)
+            keep_last = keep_h[batch, last].detach() if self.shared else keep_h[batch, last]
+            keep_values = self.value_head(keep_last.to(self.value_head.weight.dtype)).float()
+            out["low_keep"] = keep_values[:, HEAD_CHANNELS["low"]]
         return out
 
 

@@ -6,6 +6,13 @@ algorithm box of spec §3.13 with every stage timed (``time/generate``, ``time/e
 ``time/advantage``, ``time/update``). :meth:`Trainer.train` runs the optional SFT warm start, then
 ``trainer.total_iterations`` iterations with held-out evaluation every ``trainer.eval_every``.
 
+HAE switch modes (``algorithm.hae.switch_mode``, spec §3.7 / §7.1): ``code`` (default; the official
+three-head critic, switch advantage GT_t - VT_t) and ``paper`` (two heads suffice; switch advantage
+(q_t - beta_t)(VH_t - VL^keep_t)). Paper mode adds two no-grad passes per iteration: the actor's
+beta_t = P(SWITCH | s_t, o_{t-1}) (:meth:`Trainer.compute_switch_prob`) and the critic's
+VL^keep_t = V^low(s_t, o_{t-1}) on the KEEP continuation, which shares the prompt encoding of the main critic
+pass (:meth:`Trainer.compute_values`).
+
 Determinism and exact resume: every random choice of iteration ``k`` (task sampling, the engine's
 sampling seeds, mini-batch shuffling) is drawn from generators seeded by ``(seed, k)``, never from a
 hidden global stream, so ``2 + 2`` iterations with :meth:`state_dict` / :meth:`load_state_dict` in
@@ -27,8 +34,9 @@ import torch
 from torch import Tensor
 
 from hiper.trainer import ppo
-from hiper.trainer.critic import ValueModel, build_critic
+from hiper.trainer.critic import ValueModel, build_critic, continue_from_prompt, encode_with_cache
 from hiper.trainer.models import (
+    backbone_and_head,
     build_policy,
     cfg_get,
     load_tokenizer,
@@ -41,6 +49,9 @@ from hiper.trainer.turn_batch import TurnBatch
 #: estimators that need a critic, and the value heads they read.
 CRITIC_HEADS = {"hae": ("low", "high", "term"), "gae": ("turn",)}
 STAGES = ("generate", "env", "critic", "advantage", "update")
+#: the two teacher-forced switch decisions whose probabilities give beta (paper switch mode): the canonical
+#: response's first block up to its value (``hiper.protocol.format_response``), tokenized on their own.
+SWITCH_CONTINUATIONS = ("<switch>SWITCH", "<switch>KEEP")
 
 
 def _seed_of(*parts: int) -> int:
@@ -102,6 +113,10 @@ class Trainer:
             # tiny CPU models: one intra-op thread avoids oversubscription stalls on small shared machines
             torch.set_num_threads(int(n_threads))
         self.estimator_name = str(cfg_get(self.algo_cfg, "adv_estimator", "hae"))
+        self.switch_mode = str(cfg_get(_section(self.algo_cfg, "hae"), "switch_mode", "code"))
+        if self.switch_mode not in ("code", "paper"):
+            raise ValueError(f"algorithm.hae.switch_mode must be 'code' or 'paper', got {self.switch_mode!r}")
+        self._switch_cont: tuple[Tensor, Tensor] | None = None
 
         from hiper.envs import ENV_FAMILIES
 
@@ -163,6 +178,11 @@ class Trainer:
         return torch.optim.AdamW(params, lr=float(lr), weight_decay=float(wd), betas=(0.9, 0.999))
 
     @property
+    def paper_mode(self) -> bool:
+        """HAE with ``switch_mode=paper``: the iteration also computes beta and V^low(s_t, o_{t-1})."""
+        return self.estimator_name == "hae" and self.switch_mode == "paper"
+
+    @property
     def needs_critic(self) -> bool:
         return self.estimator_name in CRITIC_HEADS and bool(cfg_get(self.critic_cfg, "enabled", True))
 
@@ -171,9 +191,13 @@ class Trainer:
         if self.rl_ready:
             return
         if self.needs_critic:
-            n_heads = int(cfg_get(self.critic_cfg, "n_heads", 3 if self.estimator_name == "hae" else 1))
+            default_heads = (2 if self.paper_mode else 3) if self.estimator_name == "hae" else 1
+            n_heads = int(cfg_get(self.critic_cfg, "n_heads", default_heads))
             if self.estimator_name == "hae" and n_heads < 2:
                 raise ValueError("HAE needs a critic with 2 (paper) or 3 (code) heads")
+            if self.estimator_name == "hae" and not self.paper_mode and n_heads != 3:
+                raise ValueError("algorithm.hae.switch_mode=code needs the term head: set critic.n_heads=3 "
+                                 "(or algorithm.hae.switch_mode=paper for two heads)")
             if self.estimator_name == "gae" and n_heads != 1:
                 raise ValueError("the flat GAE baseline uses a 1-head critic (critic.n_heads=1)")
             ccfg = {**_as_dict(self.critic_cfg), "n_heads": n_heads}
@@ -361,19 +385,81 @@ class Trainer:
             out[rows, : logp.shape[1]] = logp.float().cpu()
         return out
 
+    def switch_continuation_ids(self) -> tuple[Tensor, Tensor]:
+        """Token ids ``[2, C]`` and mask ``[2, C]`` of :data:`SWITCH_CONTINUATIONS` (row 0 SWITCH, row 1 KEEP).
+
+        Each text is tokenized on its own, without special tokens, as the policy generates it after the prompt;
+        the two rows are right-padded to the longer one.
+        """
+        if self._switch_cont is None:
+            from hiper.trainer.turn_batch import _pad_right
+
+            seqs = [self.tokenizer(t, add_special_tokens=False)["input_ids"] for t in SWITCH_CONTINUATIONS]
+            if any(not s for s in seqs) or seqs[0] == seqs[1]:
+                raise ValueError(f"the tokenizer cannot tell {SWITCH_CONTINUATIONS} apart: {seqs}")
+            self._switch_cont = _pad_right(seqs, self.pad_id)
+        return self._switch_cont
+
+    @torch.no_grad()
+    def compute_switch_prob(self, batch: TurnBatch, model: torch.nn.Module | None = None) -> Tensor:
+        """beta ``[N]``: P(SWITCH | s_t, o_{t-1}) under ``model`` (default the policy), normalised over SWITCH/KEEP.
+
+        Both :data:`SWITCH_CONTINUATIONS` are teacher-forced after each row's prompt; with ``log p_S``/``log p_K``
+        the summed log-probs of their full token sequences (at the rollout temperature, like the old log-probs),
+        ``beta = p_S / (p_S + p_K) = sigmoid(log p_S - log p_K)``. One prompt forward per micro-batch fills a KV
+        cache that both continuations reuse (rows interleaved S, K), so a turn costs one prompt encoding plus
+        ``2 C`` tokens. No grad: beta is a fixed coefficient of the switch advantage, like the old log-probs.
+        """
+        model = self.policy if model is None else model
+        decoder, head = backbone_and_head(model)
+        temperature = float(cfg_get(self.rollout_cfg, "temperature", 1.0))
+        cont_ids, cont_mask = self.switch_continuation_ids()
+        out = torch.zeros(len(batch), dtype=torch.float32)
+        micro = self._micro_size(self.actor_cfg)
+        order = torch.argsort(batch.prompt_mask.sum(1), stable=True)
+        for start in range(0, len(order), micro):
+            rows = order[start : start + micro]
+            mb = batch.select(rows)
+            p_ids, p_mask = mb.prompt_ids.to(self.device), mb.prompt_mask.long().to(self.device)
+            h_prompt, cache = encode_with_cache(decoder, p_ids, p_mask, p_ids.shape[1])
+            n = len(rows)
+            ids = cont_ids.to(self.device).repeat(n, 1)  # [2n, C]: rows 2i (SWITCH), 2i + 1 (KEEP) of prompt i
+            mask = cont_mask.to(self.device).repeat(n, 1)
+            h_cont = continue_from_prompt(decoder, cache, p_mask, ids, mask.long(), repeats=2)
+            del cache
+            # token j of a continuation is predicted by the hidden state before it: the prompt's last state for j=0
+            h = torch.cat([h_prompt[:, -1:].repeat_interleave(2, dim=0), h_cont[:, :-1]], dim=1)
+            logits = head(h).float()
+            if temperature != 1.0:
+                logits = logits / temperature
+            logp = torch.log_softmax(logits, dim=-1).gather(-1, ids.unsqueeze(-1)).squeeze(-1)
+            seq_logp = (logp * mask).sum(1).view(n, 2)  # [n, (SWITCH, KEEP)]
+            out[rows] = torch.sigmoid(seq_logp[:, 0] - seq_logp[:, 1]).float().cpu()
+        return out
+
     @torch.no_grad()
     def compute_values(self, batch: TurnBatch) -> dict[str, Tensor]:
-        """Critic values ``{head: [N]}`` at the read positions (no grad)."""
+        """Critic values ``{head: [N]}`` at the read positions (no grad).
+
+        When the batch carries KEEP continuations (paper switch mode, :meth:`TurnBatch.attach_keep_continuations`)
+        the result also has ``low_keep`` = V^low(s_t, o_{t-1}), computed in the same micro-batch forward.
+        """
         assert self.critic is not None
-        out: dict[str, Tensor] = {h: torch.zeros(len(batch)) for h in self.critic.heads}
+        with_keep = batch.keep_ids is not None
+        heads = list(self.critic.heads) + (["low_keep"] if with_keep else [])
+        out: dict[str, Tensor] = {h: torch.zeros(len(batch)) for h in heads}
         micro = self._micro_size(self.critic_cfg)
         order = torch.argsort(batch.n_tokens(), stable=True)
         for start in range(0, len(order), micro):
             rows = order[start : start + micro]
             mb = batch.select(rows)
             ids, mask = mb.input_ids()
+            keep = {}
+            if with_keep:
+                assert mb.keep_ids is not None and mb.keep_mask is not None
+                keep = {"keep_ids": mb.keep_ids.to(self.device), "keep_mask": mb.keep_mask.long().to(self.device)}
             vals = self.critic.read_values(ids.to(self.device), mask.to(self.device), mb.prompt_width,
-                                           mb.v_low_pos.to(self.device))
+                                           mb.v_low_pos.to(self.device), **keep)
             for h, v in vals.items():
                 out[h][rows] = v.float().cpu()
         return out
@@ -402,6 +488,8 @@ class Trainer:
             if v is not None:
                 values[key] = v
         values.update(_as_dict(_section(self.algo_cfg, self.estimator_name)))
+        if self.estimator_name == "hae":
+            values["switch_mode"] = self.switch_mode
         values["invalid_penalty"] = float(cfg_get(self.actor_cfg, "invalid_action_penalty_coef", 0.0))
         names = {f.name for f in fields(cls)}
         clean = {}
@@ -426,6 +514,9 @@ class Trainer:
             batch.action_mask, batch.subgoal_mask, batch.switch_mask, batch.response_mask,
         )
         batch.advantages, batch.loss_mask = token_adv, loss_mask
+        extras = getattr(out, "extras", None) or {}
+        raw = {"action": "adv_low_raw", "subgoal": "adv_high_raw", "switch": "adv_term_raw"}
+        batch.turn_advantages = {role: flat(extras[key]).float() for role, key in raw.items() if key in extras}
         batch.returns = {h: flat(r).float() for h, r in (out.returns or {}).items()}
         batch.value_mask = {h: flat(m).bool() for h, m in (out.value_mask or {}).items()}
         metrics: dict[str, float] = {}
@@ -440,6 +531,8 @@ class Trainer:
                                 f"adv/{role}_n": float(m.sum())})
         for k, v in (getattr(out, "metrics", None) or {}).items():
             metrics[f"adv/{k}"] = float(v)
+        if self.paper_mode:
+            metrics.update(self.switch_metrics(batch))
         for h, ret in batch.returns.items():
             m = batch.value_mask.get(h)
             if m is not None and h in batch.old_values and bool(m.any()):
@@ -447,6 +540,37 @@ class Trainer:
                 metrics[f"critic/return_mean_{h}"] = float(ret[m].mean())
                 metrics[f"critic/value_mean_{h}"] = float(batch.old_values[h][m].mean())
         return metrics
+
+    @staticmethod
+    def switch_metrics(batch: TurnBatch) -> dict[str, float]:
+        """Paper switch-mode diagnostics over the batch's turns (``switch/...``).
+
+        ``beta_mean`` (mean P(SWITCH)), ``beta_on_switch``/``beta_on_keep`` (mean beta on turns that did / did not
+        start a segment), ``gain_abs_mean`` (mean |VH_t - VL^keep_t|, the switching gain's size),
+        ``low_keep_gap_keep`` (mean |VL^keep_t - VL_t| on non-boundary turns: ~0 when KEEP copies are exact),
+        and the raw switch advantage (q_t - beta_t)(VH_t - VL^keep_t): ``adv_raw_mean/std/min/max``.
+        """
+        out: dict[str, float] = {}
+        if batch.switch_prob is None or "low_keep" not in batch.old_values:
+            return out
+        beta = batch.switch_prob.double()
+        q = batch.boundary
+        out["switch/beta_mean"] = float(beta.mean())
+        if bool(q.any()):
+            out["switch/beta_on_switch"] = float(beta[q].mean())
+        if bool((~q).any()):
+            out["switch/beta_on_keep"] = float(beta[~q].mean())
+            gap = (batch.old_values["low_keep"] - batch.old_values["low"]).abs()[~q]
+            out["switch/low_keep_gap_keep"] = float(gap.double().mean())
+        gain = (batch.old_values["high"] - batch.old_values["low_keep"]).double()
+        out["switch/gain_abs_mean"] = float(gain.abs().mean())
+        out["switch/gain_mean"] = float(gain.mean())
+        adv = batch.turn_advantages.get("switch")
+        if adv is not None and len(adv):
+            a = adv.double()
+            out.update({"switch/adv_raw_mean": float(a.mean()), "switch/adv_raw_std": float(a.std(unbiased=False)),
+                        "switch/adv_raw_min": float(a.min()), "switch/adv_raw_max": float(a.max())})
+        return out
 
     # ------------------------------------------------------------------------------------------
     # updates
@@ -589,6 +713,11 @@ class Trainer:
         if self.reference is not None:
             batch.ref_logprobs = self.compute_logprobs(batch, self.reference)
         times["logprob"] = time.perf_counter() - t0
+        if self.paper_mode:
+            t0 = time.perf_counter()
+            batch.switch_prob = self.compute_switch_prob(batch)
+            times["switch_prob"] = time.perf_counter() - t0
+            batch.attach_keep_continuations(self.tokenizer, self.table, TurnBatch.current_subgoals(trajs))
         t0 = time.perf_counter()
         if self.critic is not None:
             batch.old_values = self.compute_values(batch)

@@ -6,6 +6,10 @@ One row per (trajectory, turn). Prompts are **left**-padded to ``P`` and respons
 (the trainer-side parse of the generated token ids); per-turn scalars (reward, done, validity, ...)
 come from the env manager's :class:`~hiper.envs.manager.TurnRecord`. ``traj_index``/``turn_index``
 place each row in the padded ``[n_traj, T_max]`` layout of :mod:`hiper.advantage`.
+
+Paper switch mode (spec §7.1 Mode B) adds the KEEP continuation of every row
+(:meth:`TurnBatch.attach_keep_continuations`, for the critic's ``V^low(s_t, o_{t-1})``) and the actor's
+``switch_prob`` (beta_t = P(SWITCH | s_t, o_{t-1})).
 """
 
 from __future__ import annotations
@@ -16,6 +20,48 @@ from typing import Any
 
 import torch
 from torch import Tensor
+
+#: the text the policy would write to KEEP: the canonical response (``hiper.protocol.format_response``) up to and
+#: including the newline after ``</subgoal>``; ``{subgoal}`` is the subgoal in force (o_{t-1}).
+KEEP_CONTINUATION = "<switch>KEEP</switch>\n<subgoal>{subgoal}</subgoal>\n"
+
+
+def keep_continuation(subgoal: str | None) -> str:
+    """The KEEP continuation text for the subgoal in force ``subgoal`` (``None``/blank -> ``"None"``, as prompts show).
+
+    ``format_response("KEEP", g, a)`` starts with ``keep_continuation(g)`` for every valid ``g``.
+    """
+    return KEEP_CONTINUATION.format(subgoal=shown_subgoal(subgoal))
+
+
+def keep_continuation_ids(tokenizer: Any, table: Any, subgoals: Sequence[str]) -> tuple[Tensor, Tensor]:
+    """Token ids of the KEEP continuations of ``subgoals``, cut at the low-value read position.
+
+    Each text is :func:`keep_continuation` tokenized on its own (no special tokens), as the policy would
+    generate it right after the prompt. It is cut after the last token that starts before the end of
+    ``</subgoal>`` -- the same rule :func:`hiper.spans.token_spans` uses for ``v_low_pos`` (first token starting
+    at or after the tag's end): with Qwen2.5 ``</subgoal>\n`` ends in one ``>\n`` token that is kept, with a
+    tokenizer that has a ``</subgoal>`` token the separate ``\n`` is dropped. So the critic reads V^low after
+    the last kept token, which on an exact KEEP copy is the main pass's V_low read position.
+
+    Returns:
+        (ids ``[N, K]`` long, mask ``[N, K]`` bool), right-padded with ``tokenizer.pad_token_id``.
+    """
+    import numpy as np
+
+    unique = sorted(set(subgoals))
+    texts = [keep_continuation(g) for g in unique]
+    encoded = tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else []
+    cut: dict[str, list[int]] = {}
+    for g, text, ids in zip(unique, texts, encoded):
+        lengths = table.lengths[table.safe_ids(np.asarray(ids, dtype=np.int64))]
+        starts = np.cumsum(lengths) - lengths
+        tag_end = len(text.encode("utf-8")) - 1  # byte offset of the final newline = end of ``</subgoal>``
+        n_keep = int(np.searchsorted(starts, tag_end, side="left"))  # tokens starting before the tag end
+        if n_keep == 0 or int(lengths[:n_keep].sum()) < tag_end:
+            raise ValueError(f"KEEP continuation {text!r} does not tokenize to its bytes (special-token text?)")
+        cut[g] = [int(x) for x in ids[:n_keep]]
+    return _pad_right([cut[g] for g in subgoals], int(tokenizer.pad_token_id))
 
 
 def _pad_right(seqs: Sequence[Sequence[int]], pad: int, width: int | None = None) -> tuple[Tensor, Tensor]:
@@ -29,6 +75,13 @@ def _pad_right(seqs: Sequence[Sequence[int]], pad: int, width: int | None = None
             ids[i, :n] = torch.as_tensor(list(s), dtype=torch.long)
             mask[i, :n] = True
     return ids, mask
+
+
+def shown_subgoal(current_subgoal: str | None) -> str:
+    """The subgoal text a prompt shows for ``current_subgoal`` (``None``/blank -> ``"None"``), stripped."""
+    from hiper.protocol import INITIAL_SUBGOAL
+
+    return current_subgoal.strip() if current_subgoal is not None and current_subgoal.strip() else INITIAL_SUBGOAL
 
 
 def _pad_left(seqs: Sequence[Sequence[int]], pad: int) -> tuple[Tensor, Tensor]:
@@ -55,9 +108,12 @@ class TurnBatch:
     ``turn_index`` ``[N]`` long, ``rewards`` ``[N]`` float (env reward, unscaled), ``dones``,
     ``truncated``, ``valid``, ``keep_inconsistent``, ``boundary`` (trainer-side switch flag) ``[N]``
     bool, ``group`` ``[n_traj]`` long. ``rollout_logprobs`` ``[N, L]``: the engine's per-token
-    log-probs when every turn recorded them (else None). Filled later by the trainer: ``old_logprobs``/``ref_logprobs``
-    ``[N, L]``, ``old_values`` ``{head: [N]}``, ``advantages``/``loss_mask`` ``[N, L]``,
-    ``returns``/``value_mask`` ``{head: [N]}``.
+    log-probs when every turn recorded them (else None). Filled later by the trainer:
+    ``old_logprobs``/``ref_logprobs`` ``[N, L]``, ``old_values`` ``{head: [N]}``, ``advantages``/``loss_mask``
+    ``[N, L]``, ``returns``/``value_mask`` ``{head: [N]}``, ``turn_advantages`` ``{role: [N]}`` (raw, before
+    whitening: ``action``/``subgoal``/``switch``). Paper switch mode only: ``prev_subgoals`` (per row o_{t-1}, the
+    subgoal in force before the turn as its prompt shows it) with ``keep_ids``/``keep_mask`` ``[N, K]`` (its KEEP
+    continuation, see :meth:`attach_keep_continuations`), and ``switch_prob`` ``[N]`` (beta_t from the actor).
     """
 
     prompt_ids: Tensor
@@ -82,7 +138,11 @@ class TurnBatch:
     t_max: int
     state_keys: list[str] = field(default_factory=list)
     task_types: list[str] = field(default_factory=list)
+    prev_subgoals: list[str] = field(default_factory=list)
     rollout_logprobs: Tensor | None = None
+    keep_ids: Tensor | None = None
+    keep_mask: Tensor | None = None
+    switch_prob: Tensor | None = None
     old_logprobs: Tensor | None = None
     ref_logprobs: Tensor | None = None
     old_values: dict[str, Tensor] = field(default_factory=dict)
@@ -90,6 +150,7 @@ class TurnBatch:
     loss_mask: Tensor | None = None
     returns: dict[str, Tensor] = field(default_factory=dict)
     value_mask: dict[str, Tensor] = field(default_factory=dict)
+    turn_advantages: dict[str, Tensor] = field(default_factory=dict)
 
     # -- construction ----------------------------------------------------------------------------
 
@@ -215,6 +276,7 @@ class TurnBatch:
         r_len = max(int(self.response_mask[index].sum(1).max()), 1)
         r_len = max(r_len, int(self.v_low_pos[index].max()) + 1)
         p0 = self.prompt_width - max(p_len, 1)
+        k_len = max(int(self.keep_mask[index].sum(1).max()), 1) if self.keep_mask is not None else 0
         out: dict[str, Any] = {}
         for f in fields(self):
             v = getattr(self, f.name)
@@ -222,8 +284,10 @@ class TurnBatch:
                 out[f.name] = v[index, p0:]
             elif f.name in ("group", "n_traj", "t_max"):
                 out[f.name] = v
-            elif f.name in ("state_keys", "task_types"):
+            elif f.name in ("state_keys", "task_types", "prev_subgoals"):
                 out[f.name] = [v[int(i)] for i in index] if v else []
+            elif f.name in ("keep_ids", "keep_mask"):
+                out[f.name] = None if v is None else v[index, :k_len]
             elif isinstance(v, dict):
                 out[f.name] = {k: t[index] for k, t in v.items()}
             elif isinstance(v, Tensor):
@@ -245,6 +309,24 @@ class TurnBatch:
         ordered = index[order]
         for start in range(0, len(ordered), micro_batch_size):
             yield self.select(ordered[start : start + micro_batch_size])
+
+    @staticmethod
+    def current_subgoals(trajectories: Sequence[Any]) -> list[str]:
+        """o_{t-1} of every row, in :meth:`from_trajectories`' row order: the env manager's current subgoal before
+        the turn (``TurnRecord.current_subgoal``, spec §2.4), as the row's prompt shows it (``"None"`` when unset:
+        turn 0, or no valid subgoal yet; after an invalid turn the carried-over subgoal)."""
+        return [shown_subgoal(turn.current_subgoal) for traj in trajectories for turn in traj.turns]
+
+    def attach_keep_continuations(self, tokenizer: Any, table: Any, subgoals: Sequence[str]) -> None:
+        """Set ``prev_subgoals`` and ``keep_ids``/``keep_mask`` ``[N, K]``, the KEEP continuation of each row.
+
+        ``subgoals``: o_{t-1} per row (:meth:`current_subgoals` of the batch's trajectories). ``table`` is the
+        :class:`hiper.spans.TokenByteTable` of ``tokenizer``. See :func:`keep_continuation_ids`.
+        """
+        if len(subgoals) != len(self):
+            raise ValueError(f"{len(subgoals)} subgoals for a batch of {len(self)} rows")
+        self.prev_subgoals = [shown_subgoal(g) for g in subgoals]
+        self.keep_ids, self.keep_mask = keep_continuation_ids(tokenizer, table, self.prev_subgoals)
 
     def turn_tensor(self, flat: Tensor, fill: float | bool | int = 0) -> Tensor:
         """Scatter per-row values ``[N, ...]`` into the padded ``[n_traj, T_max, ...]`` layout."""
@@ -268,6 +350,8 @@ class TurnBatch:
         ``values``: per-row critic values by head name (``low``, ``high``, ``term``, ``turn``; each ``[N]``),
         or None for critic-free estimators. ``reward_scale`` multiplies the env rewards. GiGPO's anchor
         states are the exact observation texts (``state_keys``), numbered in order of first appearance.
+        HAE's paper switch mode reads ``beta`` from ``switch_prob`` and ``v_low_keep`` from ``values["low_keep"]``
+        (both None when absent). Values are value-head outputs, i.e. already in scaled-reward units.
         """
         from hiper import advantage
 
@@ -289,6 +373,8 @@ class TurnBatch:
             v_high=pv("high"),
             v_term=pv("term"),
             v_turn=pv("turn"),
+            beta=None if self.switch_prob is None else pad(self.switch_prob.float(), 0.0),
+            v_low_keep=pv("low_keep"),
             group=self.group,
             state_id=pad(state_ids, -1),
             has_subgoal_span=pad(self.subgoal_mask.any(1), False),
