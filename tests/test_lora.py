@@ -241,9 +241,21 @@ def test_sft_with_lora(household_tok, tmp_path) -> None:
     path = save_checkpoint(tmp_path, iteration=0, models={"policy": trainer.policy}, tokenizer=household_tok,
                            name="sft", update_latest=False, keep=0)
     plain, _ = load_policy(path)
-    ids = torch.tensor([household_tok("<|user|>\ngo to fridge 1<|end|>\n<|assistant|>\n")["input_ids"]])
+    text = "<|user|>\nYou see fridge 1. <switch>KEEP</switch><action>go to fridge 1</action><|end|>\n<|assistant|>\n"
+    ids = torch.tensor([household_tok(text)["input_ids"]])
     with torch.no_grad():
         assert torch.allclose(plain(ids).logits, trainer.policy(ids).logits, atol=1e-5)
+
+    # and the documented next step: LoRA RL from that folder (hiper train model.path=<sft>/policy
+    # model.tiny=null model.tokenizer=null model.lora.enabled=true): same tokenisation, starts at the SFT policy
+    cont = lora_config("grpo")
+    cont["model"].update({"path": str(path / "policy"), "tiny": None, "tokenizer": None})
+    rl = Trainer(cont, tokenizer=None)
+    assert rl.tokenizer(text)["input_ids"] == household_tok(text)["input_ids"]
+    assert has_lora(rl.policy)
+    with torch.no_grad():
+        assert torch.allclose(rl.policy(ids).logits, trainer.policy(ids).logits, atol=1e-5)
+    assert rl.iteration()["actor/skipped_steps"] == 0
 
 
 # ------------------------------------------------------------------------------------------------

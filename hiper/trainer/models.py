@@ -109,11 +109,20 @@ def build_demo_tokenizer(
 
 
 def load_tokenizer(path: str, gguf_file: str | None = None) -> Any:
-    """Load a tokenizer from a hub id, a local folder, or a folder + ``gguf_file`` (left padding, pad set)."""
-    from transformers import AutoTokenizer
+    """Load a tokenizer from a hub id, a local folder, or a folder + ``gguf_file`` (left padding, pad set).
 
-    kwargs = {"gguf_file": gguf_file} if gguf_file else {}
-    tok = AutoTokenizer.from_pretrained(path, **kwargs)
+    A local folder with a ``tokenizer.json`` is loaded verbatim (``PreTrainedTokenizerFast``): transformers
+    5's ``AutoTokenizer`` maps ``model_type="qwen2"`` folders to ``Qwen2Tokenizer``, which rebuilds the
+    pre-tokenizer from vocab + merges and so re-tokenises a code-built tokenizer (a CPU-demo checkpoint's)
+    differently; for the real Qwen2.5 tokenizer both give the same ids.
+    """
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+    if not gguf_file and os.path.isfile(os.path.join(path, "tokenizer.json")):
+        tok = PreTrainedTokenizerFast.from_pretrained(path)
+    else:
+        kwargs = {"gguf_file": gguf_file} if gguf_file else {}
+        tok = AutoTokenizer.from_pretrained(path, **kwargs)
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
     tok.padding_side = "left"
