@@ -667,7 +667,12 @@ def random_model_dir(preset: str, tokenizer: Any, folder: str | Path | None = No
         torch_dtype="bfloat16", **RANDOM_PRESETS[preset],
     )  # fmt: skip
     torch.manual_seed(seed)
-    model = transformers.Qwen2ForCausalLM(cfg).to(torch.bfloat16)
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(torch.bfloat16)  # initialise in bf16: a 1.5B model never exists in fp32 here
+    try:
+        model = transformers.Qwen2ForCausalLM(cfg)
+    finally:
+        torch.set_default_dtype(default)
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
     return out
