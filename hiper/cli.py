@@ -19,7 +19,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "evaluate a policy (checkpoint, expert, random, oracle) on a fixed task panel",
     ),
     "play": ("hiper.play", "type the model's part yourself, turn by turn"),
-    "bench": ("hiper.bench", "benchmarks (advantage, env)"),
+    "bench": ("hiper.bench", "benchmarks (advantage, env, rollout)"),
 }
 
 
