@@ -313,3 +313,53 @@ def test_vllm_sync_pushes_merged_hf_weights(tiny_model, tokenizer) -> None:
         assert torch.allclose(t, merged[n], atol=1e-6), n
     with pytest.raises(ValueError, match="peft LoRA name"):
         named_tensors(model.state_dict())
+
+
+def test_trainer_vllm_engine_gets_merged_weights(household_tok, monkeypatch) -> None:
+    """rollout.engine=vllm with LoRA: the engine is synced with the merged policy when built (after SFT /
+    resume the policy already differs from model.path) and after every actor update."""
+    from hiper.rollout import vllm_engine
+    from hiper.rollout.hf import HFEngine
+
+    class HFBackedBackend:
+        """vLLM stand-in: generates with its own plain (merged) model, loaded only through load_weights."""
+
+        def __init__(self, plain: torch.nn.Module) -> None:
+            self.engine = HFEngine(plain, household_tok)
+            self.plain, self.loads = plain, 0
+
+        def generate(self, prompt_token_ids, sampling):
+            outs = self.engine.generate([list(p) for p in prompt_token_ids], temperature=sampling.temperature,
+                                        top_p=sampling.top_p, max_new_tokens=sampling.max_new_tokens,
+                                        stop=tuple(sampling.stop), seed=sampling.seed)
+            return [vllm_engine.BackendOutput(o.response_ids, list(o.logprobs),
+                                              "length" if o.finish_reason == "length" else "stop",
+                                              next((s for s in sampling.stop if o.text.endswith(s)), None))
+                    for o in outs]
+
+        def load_weights(self, weights) -> None:
+            self.plain.load_state_dict(dict(weights), strict=True)
+            self.loads += 1
+
+    cfg = lora_config("grpo", rollout={"engine": "vllm", "temperature": 1.0, "max_new_tokens": 12})
+    cfg["model"]["path"] = "base-checkpoint-for-vllm"  # only the engine reads it (model.tiny builds the policy)
+    backends = []
+
+    def fake_from_pretrained(path, tokenizer=None, source=None, **kwargs):
+        backends.append(HFBackedBackend(_base_model(cfg, household_tok)))
+        return vllm_engine.VLLMEngine(backends[-1], tokenizer, source=source)
+
+    monkeypatch.setattr(vllm_engine.VLLMEngine, "from_pretrained", staticmethod(fake_from_pretrained))
+    trainer = Trainer(cfg, tokenizer=household_tok)
+    with torch.no_grad():  # as after a LoRA SFT: the policy is no longer model.path's weights
+        for n, p in trainer.policy.named_parameters():
+            if ".lora_B." in n:
+                p.normal_(0.0, 0.2, generator=torch.Generator().manual_seed(len(n)))
+    engine = trainer.engine
+    assert backends[0].loads == 1
+    merged = merged_state_dict(trainer.policy)
+    assert all(torch.equal(v, merged[k]) for k, v in backends[0].plain.state_dict().items())
+    trainer.iteration()
+    assert engine is trainer.engine and backends[0].loads == 2
+    merged = merged_state_dict(trainer.policy)
+    assert all(torch.equal(v, merged[k]) for k, v in backends[0].plain.state_dict().items())

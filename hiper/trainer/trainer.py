@@ -227,6 +227,7 @@ class Trainer:
                 if not path:
                     raise ValueError("rollout.engine=vllm needs model.path (a checkpoint vLLM can load)")
                 self._engine = VLLMEngine.from_pretrained(path, tokenizer=self.tokenizer, source=self.policy)
+                self._engine.sync()  # the policy may already differ from model.path (SFT, resume, LoRA)
             elif kind == "hf":
                 from hiper.rollout.hf import HFEngine
 
