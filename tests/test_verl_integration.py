@@ -84,13 +84,18 @@ class ExpertServer:
 
 
 def _run(
-    tokenizer: Any, table: Any, task: Any, server: ExpertServer, max_turns: int = MAX_TURNS
+    tokenizer: Any,
+    table: Any,
+    task: Any,
+    server: ExpertServer,
+    max_turns: int = MAX_TURNS,
+    info: dict[str, Any] | None = None,
 ) -> list[Any]:
     cfg = al.SessionConfig(max_turns=max_turns, max_new_tokens=64, env_threads=2)
 
     async def generate(rid: str, prompt_ids: list[int], params: dict[str, Any]) -> Any:
         out = await server.generate(rid, prompt_ids=prompt_ids, sampling_params=params)
-        return out.token_ids, out.log_probs
+        return (out.token_ids, out.log_probs) if info is None else (out.token_ids, out.log_probs, info)
 
     return asyncio.run(
         al.run_session(
@@ -101,7 +106,8 @@ def _run(
             config=cfg,
             env_factory=server.factory,
             sampling_params={"temperature": 1.0, "top_p": 1.0, "logprobs": True},
-            request_prefix="uid0-0",
+            request_id="uid0-0",
+            default_global_steps=7,
         )  # fmt: skip
     )
 
@@ -143,8 +149,44 @@ def test_session_rows_against_fake_server(tokenizer: Any, table: Any) -> None:
     assert all(r.reward_score is None for r in rows[:-1])
     # verl sampling params pass through; the protocol's stop rules are added
     rid, _, params = server.requests[0]
-    assert rid == "uid0-0-0" and params["stop"] == ["</action>"] and params["include_stop_str_in_output"]
+    assert params["stop"] == ["</action>"] and params["include_stop_str_in_output"]
     assert params["max_tokens"] == 64 and params["temperature"] == 1.0
+    # one request id for the whole session (verl routes it to one server), every turn
+    assert {r[0] for r in server.requests} == {"uid0-0"}
+    # verl copies these into the TransferQueue tags and casts them to int in its metrics step
+    assert {(r.extra_fields["min_global_steps"], r.extra_fields["max_global_steps"]) for r in rows} == {
+        (7, 7)
+    }
+    assert info["acc"] == info["success"]
+
+
+def test_session_takes_weight_version_and_preemption_from_the_server(tokenizer: Any, table: Any) -> None:
+    task = task_panel("household", "train", n=1)[0]
+    info = {"min_global_steps": 3, "max_global_steps": 4, "num_preempted": 2, "global_steps": 4}
+    rows = _run(tokenizer, table, task, ExpertServer(tokenizer), max_turns=2, info=info)
+    assert [(r.extra_fields["min_global_steps"], r.extra_fields["max_global_steps"]) for r in rows] == [
+        (3, 4)
+    ] * 2
+    assert [r.num_preempted for r in rows] == [2, 2] and all(r.generate_seconds >= 0 for r in rows)
+
+
+def test_trainer_reports_sync_mode_to_verl() -> None:
+    """verl's PPOTrainer branches on trainer_mode == "sync"; the registered name must not switch it to async."""
+    from hiper.integrations.verl.trainer import HiPERTrainer, unsupported_settings
+
+    trainer = object.__new__(HiPERTrainer)
+    trainer.trainer_mode = "hiper_sync"  # what PPOTrainer.__init__ does
+    assert trainer.trainer_mode == "sync" and trainer.registered_trainer_mode == "hiper_sync"
+    assert unsupported_settings({"algorithm": {"use_kl_in_reward": False}}) == []
+    bad = {
+        "algorithm": {
+            "use_kl_in_reward": True,
+            "rollout_correction": {"rollout_is": "token", "rollout_rs": None},
+        },
+        "distillation": {"enabled": True},
+    }
+    problems = unsupported_settings(bad)
+    assert len(problems) == 3 and "rollout_is=token" in problems[1]
 
 
 def test_session_rows_equal_builtin_trainer_batch(tokenizer: Any, table: Any) -> None:
@@ -186,11 +228,15 @@ def test_agent_loop_class_run_rows_with_fake_server_manager(tokenizer: Any, tabl
     al.run_session = patched
     try:
         extra_info = {"env": "household", "split": "train", "index": 0, "seed": 0}
-        rows = asyncio.run(loop.run_rows({"temperature": 0.5}, extra_info=extra_info, uid="u7", session_id=2))
+        rows = asyncio.run(
+            loop.run_rows({"temperature": 0.5}, extra_info=extra_info, uid="u7", session_id=2, global_steps=5)
+        )
     finally:
         al.run_session = orig
     assert 1 <= len(rows) <= 3
-    assert server.requests[0][0] == "u7-2-0" and server.requests[0][2]["max_tokens"] == 48
+    # the fake server reports no weight version: the prompt's global_steps stands in
+    assert rows[0].extra_fields["min_global_steps"] == rows[0].extra_fields["max_global_steps"] == 5
+    assert server.requests[0][0] == "u7-2" and server.requests[0][2]["max_tokens"] == 48
     with pytest.raises(ValueError, match="extra_info lacks"):
         al.task_from_extra_info({"env": "household"})
 

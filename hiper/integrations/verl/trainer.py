@@ -12,6 +12,17 @@ It subclasses ``PPOTrainerSync`` (colocated trainer and rollout) and changes thr
   ``advantages``, ``returns``, ``loss_mask`` (= ``hae_loss_mask``) and the value-position fields;
 * nothing else: old log-probs, reference, values, updates and weight sync are verl's.
 
+verl 0.9.1's ``PPOTrainer`` branches on ``self.trainer_mode == "sync"`` (replay buffer class, single-prompt
+dataloader refills, TransferQueue checkpoints, prompt persistence). ``trainer_mode`` is the *registered name*
+(``hiper_sync``), so without care verl would run this synchronous trainer with its async code paths; the
+class therefore reports ``trainer_mode == "sync"`` to verl and keeps the registered name in
+``registered_trainer_mode``.
+
+Not supported (rejected in ``_setup`` with a clear error, never silently ignored): ``algorithm.use_kl_in_reward``
+(the KL penalty in the reward; use ``actor.use_kl_loss``), ``algorithm.rollout_correction.rollout_is`` /
+``rollout_rs`` (verl applies them inside its own advantage step) and on-policy distillation (its actor loss
+would be replaced).
+
 Config (all optional, defaults in brackets): ``algorithm.adv_estimator`` [hae], ``algorithm.gamma``/``lam``,
 ``algorithm.hae.*`` (``lam_seg``, ``keep_penalty`` ...), ``hiper.reward_scale`` [1.0],
 ``hiper.invalid_action_penalty_coef`` [0.1], ``hiper.critic_heads`` [1], ``hiper.high_value_coef`` /
@@ -70,14 +81,54 @@ def hiper_settings(config: Any) -> dict[str, Any]:
     }
 
 
+def unsupported_settings(config: Any) -> list[str]:
+    """verl settings hiper_sync does not implement (each would otherwise be silently ignored)."""
+
+    def get(obj: Any, key: str) -> Any:
+        try:
+            return obj.get(key, None) if obj is not None else None
+        except Exception:  # noqa: BLE001
+            return None
+
+    algorithm = get(config, "algorithm")
+    problems = []
+    if get(algorithm, "use_kl_in_reward"):
+        problems.append("algorithm.use_kl_in_reward=true (use actor_rollout_ref.actor.use_kl_loss instead)")
+    correction = get(algorithm, "rollout_correction")
+    for key in ("rollout_is", "rollout_rs"):
+        if get(correction, key) is not None:
+            problems.append(f"algorithm.rollout_correction.{key}={get(correction, key)}")
+    distillation = get(config, "distillation")
+    if get(distillation, "enabled"):
+        problems.append("distillation (its actor loss would be replaced by hae_ppo_loss)")
+    return problems
+
+
 class HiPERTrainer(_Base):  # type: ignore[misc,valid-type]
     """v1 sync trainer with hiper advantages and role-aware losses (see the module docstring)."""
+
+    #: the name this class is registered under (``trainer.v1.trainer_mode``); verl sees ``"sync"``.
+    registered_trainer_mode: str = TRAINER_NAME
+
+    @property
+    def trainer_mode(self) -> str:
+        """What verl's ``PPOTrainer`` compares with ``"sync"``: this trainer is synchronous."""
+        return "sync"
+
+    @trainer_mode.setter
+    def trainer_mode(self, value: str) -> None:  # PPOTrainer.__init__ assigns the configured name
+        self.registered_trainer_mode = str(value)
 
     def _setup(self) -> None:
         self._hiper = hiper_settings(self.config)
         est = self._hiper["estimator"]
         if est in CRITIC_ESTIMATORS and not self.use_critic:
             raise ValueError(f"algorithm.adv_estimator={est} needs a critic: set critic.enable=true")
+        problems = unsupported_settings(self.config)
+        if problems:
+            raise ValueError(
+                f"trainer.v1.trainer_mode={TRAINER_NAME} does not support: " + "; ".join(problems)
+            )
         super()._setup()
         from verl.utils.config import omega_conf_to_dataclass
 
@@ -125,4 +176,11 @@ class HiPERTrainer(_Base):  # type: ignore[misc,valid-type]
         return tq.kv_batch_put(keys=batch.keys, partition_id=batch.partition_id, fields=output)
 
 
-__all__ = ["CRITIC_ESTIMATORS", "HAVE_VERL", "TRAINER_NAME", "HiPERTrainer", "hiper_settings"]
+__all__ = [
+    "CRITIC_ESTIMATORS",
+    "HAVE_VERL",
+    "TRAINER_NAME",
+    "HiPERTrainer",
+    "hiper_settings",
+    "unsupported_settings",
+]
