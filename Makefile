@@ -38,12 +38,23 @@ smollm2: install
 	$(BIN)/python -m pip install -q -e ".[gguf]"
 	$(BIN)/python scripts/build_smollm2.py
 
-# verl 0.9.1 in its own venv (it brings its own torch: several GB; GPU machines only in practice).
-venv-verl:
-	bash recipes/verl/venv.sh .venv-verl
+# verl 0.9.1 in its own venv, not part of `make test`. Without a GPU (no nvidia-smi): torch==2.13.0 + verl's
+# base dependencies, about a minute; with one: verl[vllm]==0.9.1. Force with VERL_DEVICE=cpu|gpu.
+VERL_VENV ?= .venv-verl
+VERL_PY ?= python3.11
+VERL_STAMP := $(VERL_VENV)/.installed-$(shell cat pyproject.toml recipes/verl/venv.sh | cksum | cut -d' ' -f1)
 
+$(VERL_STAMP): pyproject.toml recipes/verl/venv.sh
+	PYTHON=$(VERL_PY) TORCH_SPEC="$(TORCH_SPEC)" bash recipes/verl/venv.sh $(VERL_VENV)
+	rm -f $(VERL_VENV)/.installed-*
+	touch $@
+
+venv-verl: $(VERL_STAMP)
+
+# Real-verl tests on CPU; the GPU vLLM file skips itself without vLLM + CUDA.
 test-verl: venv-verl
-	.venv-verl/bin/python -m pytest -q tests/test_verl_plugin_installed.py tests/test_vllm_engine_gpu.py
+	VLLM_ENABLE_V1_MULTIPROCESSING=0 $(VERL_VENV)/bin/python -m pytest -q -p no:cacheprovider \
+		tests/test_verl_plugin_installed.py tests/test_verl_integration.py tests/test_vllm_engine_gpu.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache
