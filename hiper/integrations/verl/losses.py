@@ -80,10 +80,11 @@ def position_value_loss(
     loss = 0.5 * (per * weights).sum() / denominator
     active = weights > 0
     metrics: dict[str, float] = {}
+    v_seen = v.detach()
     for i, h in enumerate(HEADS):
         m = active[:, i]
         if bool(m.any()):
-            metrics[f"critic/{h}_vpred_mean"] = float(v[:, i][m].mean())
+            metrics[f"critic/{h}_vpred_mean"] = float(v_seen[:, i][m].mean())
             metrics[f"critic/{h}_target_mean"] = float(targets[:, i][m].mean())
             metrics[f"critic/{h}_clipfrac"] = float(clipped[:, i][m].mean())
     return loss, metrics
