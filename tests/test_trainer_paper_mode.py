@@ -123,6 +123,7 @@ def test_low_keep_equals_main_low_on_exact_keep_turns(any_tok, critic_mode: str)
     for i in keep_rows:  # same tokens up to the read position as the main pass
         k = int(batch.keep_mask[i].sum())
         assert torch.equal(batch.response_ids[i, :k], batch.keep_ids[i, :k]) and int(batch.v_low_pos[i]) == k
+    assert torch.equal(torch.nonzero(batch.exact_keep()).flatten(), torch.tensor(keep_rows))
     keep_rows_t, switch_rows_t = torch.tensor(keep_rows), torch.tensor(switch_rows)
     assert torch.allclose(values["low_keep"][keep_rows_t], values["low"][keep_rows_t], atol=1e-4)
     assert values["low"].abs().mean() > 0.05
@@ -171,12 +172,15 @@ def test_paper_mode_advantages_on_expert_turns(household_tok) -> None:
     _check_switch_advantage(trainer, batch)
     assert set(batch.returns) == {"low", "high"}
     for key in ("switch/beta_mean", "switch/gain_abs_mean", "switch/adv_raw_mean", "switch/adv_raw_std",
-                "switch/beta_on_switch", "switch/beta_on_keep", "switch/low_keep_gap_keep"):
+                "switch/beta_on_switch", "switch/beta_on_keep", "switch/low_keep_gap_exact"):
         assert math.isfinite(metrics[key]), key
     v = batch.old_values
     assert metrics["switch/gain_abs_mean"] == pytest.approx(float((v["high"] - v["low_keep"]).abs().mean()), rel=1e-5)
     # the expert's KEEP copies are exact: VL_keep = VL there
-    assert metrics["switch/low_keep_gap_keep"] < 1e-5
+    exact = batch.exact_keep()
+    assert torch.equal(exact, ~batch.boundary & (batch.turn_index > 0))
+    assert metrics["switch/keep_exact_rate"] == pytest.approx(float(exact.float().mean()))
+    assert metrics["switch/low_keep_gap_exact"] < 1e-5
 
 
 def test_paper_mode_training_run(household_tok) -> None:

@@ -547,9 +547,11 @@ class Trainer:
         """Paper switch-mode diagnostics over the batch's turns (``switch/...``).
 
         ``beta_mean`` (mean P(SWITCH)), ``beta_on_switch``/``beta_on_keep`` (mean beta on turns that did / did not
-        start a segment), ``gain_abs_mean`` (mean |VH_t - VL^keep_t|, the switching gain's size),
-        ``low_keep_gap_keep`` (mean |VL^keep_t - VL_t| on non-boundary turns: ~0 when KEEP copies are exact),
-        and the raw switch advantage (q_t - beta_t)(VH_t - VL^keep_t): ``adv_raw_mean/std/min/max``.
+        start a segment), ``gain_abs_mean``/``gain_mean`` (|VH_t - VL^keep_t| and VH_t - VL^keep_t, the switching
+        gain), ``keep_exact_rate`` (share of turns whose response starts with the exact KEEP continuation
+        tokens), ``low_keep_gap_exact`` (mean |VL^keep_t - VL_t| on those turns: float noise, ~1e-6; a larger
+        value means the two passes disagree), and the raw switch advantage (q_t - beta_t)(VH_t - VL^keep_t):
+        ``adv_raw_mean/std/min/max``.
         """
         out: dict[str, float] = {}
         if batch.switch_prob is None or "low_keep" not in batch.old_values:
@@ -561,8 +563,11 @@ class Trainer:
             out["switch/beta_on_switch"] = float(beta[q].mean())
         if bool((~q).any()):
             out["switch/beta_on_keep"] = float(beta[~q].mean())
-            gap = (batch.old_values["low_keep"] - batch.old_values["low"]).abs()[~q]
-            out["switch/low_keep_gap_keep"] = float(gap.double().mean())
+        exact = batch.exact_keep()
+        out["switch/keep_exact_rate"] = float(exact.double().mean())
+        if bool(exact.any()):
+            gap = (batch.old_values["low_keep"] - batch.old_values["low"]).abs()[exact]
+            out["switch/low_keep_gap_exact"] = float(gap.double().mean())
         gain = (batch.old_values["high"] - batch.old_values["low_keep"]).double()
         out["switch/gain_abs_mean"] = float(gain.abs().mean())
         out["switch/gain_mean"] = float(gain.mean())

@@ -328,6 +328,20 @@ class TurnBatch:
         self.prev_subgoals = [shown_subgoal(g) for g in subgoals]
         self.keep_ids, self.keep_mask = keep_continuation_ids(tokenizer, table, self.prev_subgoals)
 
+    def exact_keep(self) -> Tensor:
+        """``[N]`` bool: rows whose response starts with exactly the tokens of their KEEP continuation, up to the
+        low read position (``v_low_pos`` = the continuation's length). On these rows the main pass's V_low and
+        V^low(s_t, o_{t-1}) read the same hidden state. All False before :meth:`attach_keep_continuations`."""
+        if self.keep_ids is None or self.keep_mask is None:
+            return torch.zeros(len(self), dtype=torch.bool)
+        width = self.keep_ids.shape[1]
+        resp_ids = torch.full((len(self), width), -1, dtype=torch.long)
+        resp_mask = torch.zeros((len(self), width), dtype=torch.bool)
+        n = min(width, self.response_ids.shape[1])
+        resp_ids[:, :n], resp_mask[:, :n] = self.response_ids[:, :n], self.response_mask[:, :n]
+        same = ((resp_ids == self.keep_ids) & resp_mask) | ~self.keep_mask
+        return same.all(1) & (self.v_low_pos == self.keep_mask.sum(1))
+
     def turn_tensor(self, flat: Tensor, fill: float | bool | int = 0) -> Tensor:
         """Scatter per-row values ``[N, ...]`` into the padded ``[n_traj, T_max, ...]`` layout."""
         from hiper.advantage.layout import pad_turns
