@@ -80,7 +80,9 @@ class HFEngine:
         self.pad_token_id = int(pad if pad is not None else (self.eos_token_ids or [0])[0])
         self._eos = torch.tensor(self.eos_token_ids, dtype=torch.long, device=self.device)
         self._stop_tables: dict[tuple[str, ...], torch.Tensor] = {}
-        params = inspect.signature(model.forward).parameters
+        # peft wrappers hide the base forward's keywords behind **kwargs but pass them through
+        fwd = model.get_base_model().forward if hasattr(model, "get_base_model") else model.forward
+        params = inspect.signature(fwd).parameters
         self._keep_kw = next((k for k in ("logits_to_keep", "num_logits_to_keep") if k in params), None)
 
     # -- weights --------------------------------------------------------------------------------
