@@ -86,6 +86,7 @@ def test_train_without_config_is_the_demo(tmp_path, monkeypatch, capsys):
     out = tmp_path / "runs" / "cpu_demo"
     text = capsys.readouterr().out
     assert "SFT only" in text and "SFT + HiPER RL" in text and "success (all)" in text
+    assert "policy: tiny Qwen2 from a config, 0.7" in text and "trainable" not in text  # full fine-tune
     assert (out / "learning_curve.png").is_file() and (out / "config.yaml").is_file()
     result = json.loads((out / "demo_result.json").read_text())
     assert 0.0 <= result["before"]["eval/success"] <= 1.0 and 0.0 <= result["after"]["eval/success"] <= 1.0
@@ -120,3 +121,15 @@ def test_sft_saves_config_and_runs(tmp_path, monkeypatch):
     assert cli.main(["sft", "-o", str(tmp_path / "run"), "trainer.logger=[jsonl]", "sft.epochs=1"]) == 0
     assert seen["cfg"].sft.epochs == 1
     assert (tmp_path / "run" / "config.yaml").is_file()
+
+
+def test_demo_banner_counts_lora_trainable_parameters(tmp_path, monkeypatch, capsys):
+    pytest.importorskip("peft")
+    monkeypatch.chdir(tmp_path)
+    small = ["env.n_envs=2", "env.eval_episodes=2", "env.max_steps=3", "sft.enabled=false",
+             "trainer.total_iterations=1", "trainer.eval_every=1", "trainer.logger=[jsonl]",
+             "trainer.num_threads=null", "model.lora.enabled=true"]
+    assert cli.main(["train", *small]) == 0
+    banner = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("policy:"))
+    n_train = float(banner.split("(")[1].split("M trainable")[0])
+    assert 0.0 < n_train < 0.76, banner  # adapters only

@@ -264,8 +264,15 @@ def run_demo(config: Mapping[str, Any] | None = None, seed: int | None = None, o
     os.makedirs(out_dir, exist_ok=True)
     trainer = Trainer(config, logger=logger or _ConsoleLogger(quiet))
     if not quiet:
+        model_cfg = cfg_get(config, "model", None)
+        source = cfg_get(model_cfg, "path", None) or "tiny Qwen2 from a config"
         n_params = sum(p.numel() for p in trainer.policy.parameters())
-        print(f"policy: tiny Qwen2, {n_params / 1e6:.2f}M parameters, vocab {len(trainer.tokenizer)}", flush=True)
+        n_train = sum(p.numel() for p in trainer.policy.parameters() if p.requires_grad)
+        trainable = "" if n_train == n_params else f" ({n_train / 1e6:.3f}M trainable)"
+        print(
+            f"policy: {source}, {n_params / 1e6:.2f}M parameters{trainable}, vocab {len(trainer.tokenizer)}",
+            flush=True,
+        )
     history = trainer.train()
     evals = [h for h in history if "eval/success" in h]
     if not evals:
