@@ -44,7 +44,8 @@ from omegaconf import OmegaConf  # noqa: E402
 from tensordict import TensorDict  # noqa: E402
 
 from hiper.integrations.verl import agent_loop as al  # noqa: E402
-from hiper.integrations.verl.advantage import compute_row_advantages  # noqa: E402
+from hiper.integrations.verl import critic_heads  # noqa: E402
+from hiper.integrations.verl.advantage import compute_row_advantages, read_row_values  # noqa: E402
 from hiper.integrations.verl.convert import VerlRows, parse_row_key  # noqa: E402
 from hiper.integrations.verl.data import task_rows, write_parquet  # noqa: E402
 from hiper.integrations.verl.losses import hae_ppo_loss, hae_value_loss, position_value_loss  # noqa: E402
@@ -494,3 +495,252 @@ def test_verl_validation_reports_hiper_success(step: SimpleNamespace) -> None:
         "val-aux/hiper/household/turns/mean@1" in metrics
         and metrics["val-aux/num_turns/max"] <= 2 * MAX_TURNS
     )
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the opt-in three-head critic (hiper.critic_heads=3): verl's critic builder, engine output chain, TransferQueue,
+# hiper's advantage step and value loss, on the rows of the step above (copied to their own partition)
+
+
+def test_three_head_recipe_override_is_a_valid_verl_config(model_dir: Path) -> None:
+    """``hiper.critic_heads=3`` is the whole switch: ``configure_critic`` writes the critic's override_config and
+    verl's ``validate_config`` and ``HFModelConfig`` accept the result (num_labels 3 in the critic's HF config)."""
+    from verl.trainer.ppo.utils import need_critic, need_reference_policy
+    from verl.utils.config import omega_conf_to_dataclass, validate_config
+
+    import hiper.integrations.verl.plugin as plugin
+
+    assert plugin.LAST_REPORT["critic_heads"].startswith("ok: "), plugin.LAST_REPORT
+    cfg = _compose("alfworld_qwen2.5_1.5b", [
+        f"actor_rollout_ref.model.path={model_dir}", f"critic.model.path={model_dir}", "hiper.critic_heads=3",
+    ])  # fmt: skip
+    assert hiper_settings(cfg)["critic_heads"] == 3
+    assert critic_heads.configure_critic(cfg, 3) == {"num_labels": 3, "hiper_critic_heads": 3}
+    validate_config(cfg, use_reference_policy=need_reference_policy(cfg), use_critic=need_critic(cfg))
+    hf = omega_conf_to_dataclass(cfg.critic).model.hf_config  # what the critic worker builds its model from
+    assert hf.num_labels == 3 and critic_heads.requested_heads(hf) == 3
+    for bad, match in (
+        (["critic.strategy=megatron"], "FSDP critic engine only"),
+        (["+critic.model.override_config.num_labels=2"], "num_labels=2"),
+    ):
+        cfg = _compose("alfworld_qwen2.5_1.5b", [f"critic.model.path={model_dir}", "hiper.critic_heads=3", *bad])
+        with pytest.raises(ValueError, match=match):
+            critic_heads.configure_critic(cfg, 3)
+    with pytest.raises(ValueError, match="set hiper.critic_heads=3"):  # a 3-channel critic read as one head
+        critic_heads.configure_critic(
+            _compose("alfworld_qwen2.5_1.5b", ["+critic.model.override_config.num_labels=3"]), 1
+        )
+    assert "supports verl==0.9.1 only (installed: verl 0.9.2)" in " ".join(critic_heads.critic_problems(cfg, 3, "0.9.2"))
+
+
+@pytest.fixture(scope="module")
+def weights_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny Qwen2 *checkpoint* (weights, tied embeddings) + the real tokenizer: what verl's critic loads."""
+    transformers = pytest.importorskip("transformers")
+    if not TOKENIZER_DIR.exists():
+        pytest.skip(f"Qwen2.5 tokenizer not found at {TOKENIZER_DIR} (set HIPER_SHARED)")
+    out = tmp_path_factory.mktemp("tiny_qwen2_weights")
+    for f in TOKENIZER_DIR.iterdir():
+        if f.is_file():
+            shutil.copy(f, out / f.name)
+    vocab = len(transformers.AutoTokenizer.from_pretrained(str(out)))
+    torch.manual_seed(0)
+    transformers.Qwen2ForCausalLM(transformers.Qwen2Config(
+        vocab_size=vocab, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1,
+        intermediate_size=32, architectures=["Qwen2ForCausalLM"], tie_word_embeddings=True,
+    )).save_pretrained(out)  # fmt: skip
+    return out
+
+
+def _build_critic_engine(weights_dir: Path, heads: int, patched: bool = True) -> Any:
+    """verl's ``FSDPEngineWithValueHead._build_module`` on CPU, fed the critic config the way verl's v1 trainer and
+    ``TrainingWorker`` feed it. Stand-ins: no ``__init__`` (device mesh / NCCL) and, since flash-attn is GPU-only,
+    the model class's ``from_pretrained`` gets ``attn_implementation="sdpa"``."""
+    import transformers
+    from verl.utils.config import omega_conf_to_dataclass
+    from verl.workers.engine.fsdp.transformer_impl import FSDPEngineWithValueHead
+
+    cfg = _compose("alfworld_qwen2.5_1.5b", [
+        f"critic.model.path={weights_dir}", f"hiper.critic_heads={heads}", "critic.model.use_remove_padding=false",
+        "+critic.model.override_config.attn_implementation=sdpa",
+    ])  # fmt: skip
+    critic_heads.configure_critic(cfg, heads)
+    critic_cfg = omega_conf_to_dataclass(cfg.critic)
+    engine = FSDPEngineWithValueHead.__new__(FSDPEngineWithValueHead)
+    engine.model_config, engine.engine_config, engine.device_mesh = critic_cfg.model, critic_cfg.engine, None
+    engine.model_config.model_type = "value_model"  # TrainingWorker sets it from TrainingWorkerConfig
+    engine.use_remove_padding, engine.ulysses_sequence_parallel_size, engine.use_ulysses_sp = False, 1, False
+    engine.pad_to_length = False
+    cls = transformers.Qwen2ForTokenClassification
+    original = cls.from_pretrained.__func__
+
+    def sdpa_from_pretrained(klass: Any, *args: Any, **kwargs: Any) -> Any:
+        return original(klass, *args, **{**kwargs, "attn_implementation": "sdpa"})
+
+    cls.from_pretrained = classmethod(sdpa_from_pretrained)
+    if not patched:
+        critic_heads.uninstall()  # verl 0.9.1 as shipped
+    try:
+        engine.module = engine._build_module()
+    finally:
+        del cls.from_pretrained
+        critic_heads.install()
+    return engine
+
+
+@pytest.fixture(scope="module")
+def critic3(weights_dir: Path) -> Any:
+    return _build_critic_engine(weights_dir, 3)
+
+
+def test_verl_builds_a_three_channel_critic_only_with_the_patch(critic3: Any, weights_dir: Path) -> None:
+    assert critic3.module.config.num_labels == 3 and critic3.module.score.out_features == 3
+    # verl 0.9.1 unpatched: _build_module forces num_labels = 1 over the override
+    assert _build_critic_engine(weights_dir, 3, patched=False).module.score.out_features == 1
+    assert _build_critic_engine(weights_dir, 1).module.score.out_features == 1  # the wrapper is inert at 1
+
+
+def _critic_forward(engine: Any, data: Any, remove_padding: bool = False) -> Any:
+    """The value half of verl's ``FSDPEngineWithLMHead.forward_step``: ``prepare_model_inputs`` -> module ->
+    ``FSDPEngineWithValueHead.prepare_model_outputs`` (nested ``[B, prompt + response, channels]``)."""
+    from verl.utils import tensordict_utils as tu
+
+    tu.assign_non_tensor(data, use_remove_padding=remove_padding, temperature=1.0, pad_token_id=0)
+    model_inputs, output_args = engine.prepare_model_inputs(micro_batch=data)
+    raw = engine.module(**model_inputs, use_cache=False)
+    return engine.prepare_model_outputs(
+        output=raw, output_args=output_args, micro_batch=data, logits_processor_func=None
+    )["values"]
+
+
+class EngineCriticWorkerGroup:
+    """``critic_wg`` for verl's ``_compute_values``: the real engine chain + ``postprocess_batch_func`` on the
+    batch's TransferQueue rows, written back under ``values`` as verl's ``tqbridge`` writes a worker's output."""
+
+    def __init__(self, engine: Any) -> None:
+        self.engine = engine
+
+    def infer_batch(self, batch: Any) -> Any:
+        from verl.utils import tensordict_utils as tu
+        from verl.workers.engine.utils import postprocess_batch_func
+
+        data = tq.kv_batch_get(keys=batch.keys, partition_id=batch.partition_id,
+                               select_fields=["input_ids", "position_ids"])  # fmt: skip
+        with torch.no_grad():
+            values = _critic_forward(self.engine, data)
+        tu.assign_non_tensor(data, use_dynamic_bsz=False)
+        out = postprocess_batch_func([{"model_output": {"values": values}, "loss": 0.0, "metrics": {}}], None, data)
+        fields = TensorDict({"values": out["model_output"]["values"]}, batch_size=len(batch.keys))
+        tq.kv_batch_put(keys=batch.keys, partition_id=batch.partition_id, fields=fields)
+        return SimpleNamespace(futures=[])
+
+
+@pytest.fixture(scope="module")
+def step3(step: SimpleNamespace, critic3: Any) -> SimpleNamespace:
+    """The step's rows in partition ``train3``; verl's ``_compute_values`` with the 3-channel critic, then
+    ``HiPERTrainer._compute_advantage`` with ``hiper.critic_heads=3``."""
+    import copy
+
+    data = tq.kv_batch_get(keys=step.batch.keys, partition_id="train")
+    data = data.exclude("values", *[k for k in step.after.fields if k.startswith("hae_")], "advantages", "returns")
+    batch = tq.kv_batch_put(keys=step.batch.keys, partition_id="train3", fields=data, tags=step.batch.tags)
+    trainer = copy.copy(step.trainer)
+    trainer._hiper = hiper_settings(OmegaConf.merge(step.cfg, {"hiper": {"critic_heads": 3}}))
+    trainer.critic_wg = EngineCriticWorkerGroup(critic3)
+    trainer._compute_values(batch, {})  # verl's: critic_wg.infer_batch, then response_from_nested
+    metrics: dict[str, float] = {}
+    after = trainer._compute_advantage(batch, metrics)
+    return SimpleNamespace(trainer=trainer, batch=batch, after=after, metrics=metrics)
+
+
+def test_three_channel_values_reach_transfer_queue(step3: SimpleNamespace, critic3: Any) -> None:
+    """Per row ``[L, 3]`` = the module's logits at the response positions (verl's left shift), every channel."""
+    got = tq.kv_batch_get(keys=step3.batch.keys, partition_id="train3",
+                          select_fields=["values", "input_ids", "responses"])  # fmt: skip
+    for v, ids, resp in zip(got["values"].unbind(), got["input_ids"].unbind(), got["responses"].unbind()):
+        with torch.no_grad():
+            logits = critic3.module(input_ids=ids[None]).logits[0]  # [prompt + response, 3]
+        assert v.shape == (len(resp), 3)
+        assert torch.allclose(v, logits[len(ids) - len(resp) - 1 : len(ids) - 1], atol=1e-5)
+
+
+def test_three_head_advantage_step_reads_each_channel(step: SimpleNamespace, step3: SimpleNamespace) -> None:
+    """``_compute_advantage`` with 3 heads == ``compute_row_advantages`` on the TransferQueue values; it differs
+    from the single-head reading of the same values (the channels are really read separately)."""
+    got = tq.kv_batch_get(keys=step3.batch.keys, partition_id="train3",
+                          select_fields=["prompts", "responses", "extra_fields", "values", "advantages",
+                                         "hae_value_target"])  # fmt: skip
+    from hiper.integrations.verl.convert import rows_from_tensordict
+
+    rows = rows_from_tensordict(got, step3.batch.keys, step3.batch.tags)
+    s = step3.trainer._hiper
+    kw = dict(reward_scale=s["reward_scale"], value_coefs=s["value_coefs"], pad_token_id=step.tokenizer.pad_token_id)
+    want = compute_row_advantages(rows, s["estimator"], s["estimator_config"], critic_heads=3, **kw)
+    for a, b in zip(got["advantages"].unbind(), want.advantages):
+        assert torch.allclose(a, b, atol=1e-6)
+    # the channel map of spec §3.4: low = channel 0 after </subgoal>, high = 1 and term = 2 at position 0
+    read = read_row_values(rows, want.index, want.batch.v_low_pos, 3)
+    for b, r in enumerate(want.index.verl_row.tolist()):
+        v, pos = rows.values[r], int(want.batch.v_low_pos[b])
+        assert (float(read["low"][b]), float(read["high"][b]), float(read["term"][b])) == pytest.approx(
+            (float(v[pos, 0]), float(v[0, 1]), float(v[0, 2]))
+        )
+    assert torch.allclose(got["hae_value_target"].to_padded_tensor(0.0), want.value_target)
+    # the same rows read as one head (channel 0 everywhere) give other advantages
+    rows.values = [v[:, 0] for v in rows.values]
+    single = compute_row_advantages(rows, s["estimator"], s["estimator_config"], critic_heads=1, **kw)
+    assert any(not torch.allclose(a, b, atol=1e-4) for a, b in zip(single.advantages, want.advantages))
+    with pytest.raises(ValueError, match="critic_heads=3"):  # a one-channel critic under hiper.critic_heads=3
+        compute_row_advantages(rows, s["estimator"], s["estimator_config"], critic_heads=3, **kw)
+
+
+def test_three_head_value_loss_through_engine_chain(step3: SimpleNamespace, critic3: Any) -> None:
+    """``hae_value_loss(critic_heads=3)`` on the engine's own (grad-carrying) output for the micro-batch verl's
+    engine would hand it: the hand-computed per-head clipped loss, and each head's channel of the score layer
+    gets a gradient."""
+    from verl.utils import tensordict_utils as tu
+    from verl.utils.config import omega_conf_to_dataclass
+    from verl.workers.utils.padding import no_padding_2_padding
+
+    data = tq.kv_batch_get(keys=step3.batch.keys, partition_id="train3")
+    tu.assign_non_tensor(data, dp_size=1, batch_num_tokens=int(data["loss_mask"].sum()),
+                         global_batch_size=len(step3.batch))  # fmt: skip
+    config = omega_conf_to_dataclass(step3.trainer.config.critic)
+    critic3.module.zero_grad()
+    values = _critic_forward(critic3, data)
+    loss, metrics = hae_value_loss(config=config, model_output={"values": values}, data=data, critic_heads=3)
+    loss.backward()
+    fields = data.select("values", "hae_value_pos", "hae_value_target", "hae_value_weight").to_padded_tensor()
+    want, _ = position_value_loss(
+        no_padding_2_padding(values, data).detach(), fields["values"], fields["hae_value_pos"],
+        fields["hae_value_target"], fields["hae_value_weight"], config.cliprange_value, float(len(step3.batch)), 3,
+    )  # fmt: skip
+    assert abs(float(loss) - float(want)) < 1e-6 and {"critic/low_vpred_mean", "critic/term_vpred_mean"} <= set(
+        metrics
+    )
+    grad = critic3.module.score.weight.grad  # [3 channels, hidden]
+    trained = fields["hae_value_weight"].sum(0) > 0  # heads with a loss term in this batch
+    assert bool(trained.all()) and bool((grad.abs().sum(1) > 0).all())
+
+
+def test_three_head_metrics_step(step3: SimpleNamespace) -> None:
+    """verl's ``compute_data_metrics`` cannot read [B, R, 3] values; ``HiPERTrainer._compute_metrics`` logs them
+    per channel instead."""
+    from verl.trainer.ppo.v1.trainer_base import PPOTrainer
+
+    trainer = step3.trainer
+    trainer.resource_pool_manager = SimpleNamespace(get_n_gpus=lambda: 1)
+    metrics = dict(step3.metrics)
+    trainer._compute_metrics(step3.after, metrics, {"step": 1.0, "gen": 0.5}, global_steps=STEP, epoch=0)
+    assert {f"critic/values/{h}/mean" for h in ("low", "high", "term")} <= set(metrics)
+    assert "critic/values/mean" not in metrics and "critic/returns/mean" in metrics
+    with pytest.raises(RuntimeError):  # verl's own metrics step on three channels
+        PPOTrainer._compute_metrics(trainer, step3.after, {}, {"step": 1.0, "gen": 0.5}, global_steps=STEP, epoch=0)
+
+
+def test_three_head_remove_padding_output_keeps_channels(step3: SimpleNamespace, critic3: Any) -> None:
+    """verl's remove-padding branch (the GPU default) packs ``[total_tokens, 3]`` into ``[B, seq, 3]`` too."""
+    data = tq.kv_batch_get(keys=step3.batch.keys, partition_id="train3", select_fields=["input_ids", "position_ids"])
+    with torch.no_grad():
+        values = _critic_forward(critic3, data, remove_padding=True)
+    assert [tuple(v.shape) for v in values.unbind()] == [(len(i), 3) for i in data["input_ids"].unbind()]

@@ -20,6 +20,11 @@ Registered:
 * advantage-estimator names verl does not know (``hae``, ``gigpo``) as guards that raise when reached through
   verl's generic (row-by-row) path, so ``algorithm.adv_estimator=hae`` is a known name but can only run in
   ``hiper_sync`` mode.
+
+Patched (verl 0.9.1 only, recorded under ``LAST_REPORT["critic_heads"]``): the three-head critic wrapper of
+:mod:`hiper.integrations.verl.critic_heads` around ``verl.utils.model.load_valuehead_model``. It acts only on a
+critic whose ``override_config`` carries ``hiper_critic_heads: 3`` (what ``hiper.critic_heads: 3`` writes) and
+is a pass-through otherwise; on another verl version nothing is patched and ``hiper.critic_heads: 3`` is refused.
 """
 
 from __future__ import annotations
@@ -105,9 +110,30 @@ def register_all(
     attempt(f"agent_loop:{AGENT_NAME}", agent_loop)
     attempt(f"trainer:{TRAINER_NAME}", trainer)
     attempt("adv_estimators:" + ",".join(GUARDED_ESTIMATORS), estimators)
-    LAST_REPORT.clear()
+    # the "critic_heads" entry belongs to install_critic_heads_patch
+    for key in [k for k in LAST_REPORT if k != "critic_heads"]:
+        del LAST_REPORT[key]
     LAST_REPORT.update(report)
     return report
+
+
+def install_critic_heads_patch() -> str:
+    """Install the opt-in three-head critic wrapper (verl 0.9.1 only); record the outcome in
+    ``LAST_REPORT["critic_heads"]`` and return it. Another verl version is not an error here (the patch is
+    opt-in): ``HiPERTrainer`` refuses ``hiper.critic_heads: 3`` there with the supported version in the message.
+    """
+    from hiper.integrations.verl import critic_heads
+
+    try:
+        status = "ok: " + critic_heads.install()
+    except critic_heads.CriticHeadsUnsupported as exc:
+        status = f"not installed: {exc}"
+        logger.info("hiper verl plugin: three-head critic patch %s", status)
+    except Exception as exc:  # noqa: BLE001 - reported, and logged loudly (verl would hide it)
+        status = f"{type(exc).__name__}: {exc}"
+        logger.warning("hiper verl plugin: could not install the three-head critic patch: %s", status)
+    LAST_REPORT["critic_heads"] = status
+    return status
 
 
 def _autoregister() -> None:
@@ -117,8 +143,9 @@ def _autoregister() -> None:
     if importlib.util.find_spec("verl") is None:
         return
     register_all()
+    install_critic_heads_patch()
 
 
 _autoregister()
 
-__all__ = ["GUARDED_ESTIMATORS", "LAST_REPORT", "register_all"]
+__all__ = ["GUARDED_ESTIMATORS", "LAST_REPORT", "install_critic_heads_patch", "register_all"]

@@ -20,8 +20,16 @@ class therefore reports ``trainer_mode == "sync"`` to verl and keeps the registe
 
 Not supported (rejected in ``_setup`` with a clear error, never silently ignored): ``algorithm.use_kl_in_reward``
 (the KL penalty in the reward; use ``actor.use_kl_loss``), ``algorithm.rollout_correction.rollout_is`` /
-``rollout_rs`` (verl applies them inside its own advantage step) and on-policy distillation (its actor loss
-would be replaced).
+``rollout_rs`` (verl applies them inside its own advantage step), on-policy distillation (its actor loss
+would be replaced) and ``algorithm.hae.switch_mode=paper`` (its beta and V^low-on-KEEP need forward passes over
+the SWITCH/KEEP continuations that this trainer does not run; the built-in trainer does).
+
+Three-head critic (``hiper.critic_heads: 3``, opt-in, verl 0.9.1 + FSDP critic only): ``_setup`` runs
+:func:`hiper.integrations.verl.critic_heads.configure_critic`, which writes ``num_labels: 3`` and
+``hiper_critic_heads: 3`` into ``critic.model.override_config``; the plugin's wrapper in the critic workers then
+builds a 3-channel critic, and the values reach TransferQueue as ``[L, 3]`` per row. verl's
+``compute_data_metrics`` cannot read 3-channel values, so ``_compute_metrics`` runs verl's metrics without the
+value block and logs ``critic/values/{low,high,term}/{mean,max,min}`` itself.
 
 Config (all optional, defaults in brackets): ``algorithm.adv_estimator`` [hae], ``algorithm.gamma``/``lam``,
 ``algorithm.hae.*`` (``lam_seg``, ``keep_penalty`` ...), ``hiper.reward_scale`` [1.0],
@@ -43,6 +51,14 @@ logger = logging.getLogger(__name__)
 
 TRAINER_NAME = "hiper_sync"
 CRITIC_ESTIMATORS = ("hae", "gae")
+PAPER_SWITCH_MESSAGE = (
+    "algorithm.hae.switch_mode=paper: its switch advantage (q - beta)(V^high - V^low_keep) needs beta (the actor's "
+    "P(SWITCH) over the SWITCH/KEEP continuations) and V^low on the KEEP continuation, extra forward passes the "
+    "verl trainer does not run. It is supported by the built-in trainer (hiper train "
+    "algorithm.hae.switch_mode=paper critic.n_heads=2). On verl use switch_mode=code: with hiper.critic_heads=3 "
+    "the term head is its own channel (the official code path); with the default hiper.critic_heads=1 V^term is "
+    "the single head read at response position 0, shared with V^high"
+)
 
 try:
     from verl.trainer.ppo.v1.trainer_sync import PPOTrainerSync as _Base
@@ -66,13 +82,18 @@ def hiper_settings(config: Any) -> dict[str, Any]:
     hiper = get(config, "hiper", {})
     algorithm = get(config, "algorithm", {})
     estimator = str(get(algorithm, "adv_estimator", "hae"))
+    critic_heads = int(get(hiper, "critic_heads", 1))
+    if critic_heads not in (1, 3):
+        raise ValueError(
+            f"hiper.critic_heads must be 1 (single head, position-read) or 3, got {critic_heads}"
+        )
     return {
         "estimator": estimator,
         "estimator_config": estimator_config(
             estimator, algorithm, invalid_penalty=float(get(hiper, "invalid_action_penalty_coef", 0.1))
         ),
         "reward_scale": float(get(hiper, "reward_scale", 1.0)),
-        "critic_heads": int(get(hiper, "critic_heads", 1)),
+        "critic_heads": critic_heads,
         "value_coefs": {
             "low": 1.0,
             "high": float(get(hiper, "high_value_coef", 1.0)),
@@ -101,7 +122,29 @@ def unsupported_settings(config: Any) -> list[str]:
     distillation = get(config, "distillation")
     if get(distillation, "enabled"):
         problems.append("distillation (its actor loss would be replaced by hae_ppo_loss)")
+    estimator = get(algorithm, "adv_estimator") or "hae"
+    if str(estimator) == "hae" and str(get(get(algorithm, "hae"), "switch_mode") or "code") == "paper":
+        problems.append(PAPER_SWITCH_MESSAGE)
     return problems
+
+
+def channel_value_metrics(values: list[Any]) -> dict[str, float]:
+    """``critic/values/{low,high,term}/{mean,max,min}`` over every response position of rows ``[L_i, 3]``."""
+    import torch
+
+    from hiper.integrations.verl.advantage import CHANNELS
+
+    if not values:
+        return {}
+    flat = torch.cat([v.reshape(-1, v.shape[-1]) for v in values]).float()
+    if flat.shape[-1] != 3:
+        raise ValueError(f"three-head critic values must be [L, 3] per row, got [..., {flat.shape[-1]}]")
+    out = {}
+    for head, c in CHANNELS.items():
+        col = flat[:, c]
+        out.update({f"critic/values/{head}/mean": float(col.mean()), f"critic/values/{head}/max": float(col.max()),
+                    f"critic/values/{head}/min": float(col.min())})  # fmt: skip
+    return out
 
 
 class HiPERTrainer(_Base):  # type: ignore[misc,valid-type]
@@ -129,6 +172,10 @@ class HiPERTrainer(_Base):  # type: ignore[misc,valid-type]
             raise ValueError(
                 f"trainer.v1.trainer_mode={TRAINER_NAME} does not support: " + "; ".join(problems)
             )
+        if self.use_critic:  # before super()._setup() builds the critic worker config from config.critic
+            from hiper.integrations.verl.critic_heads import configure_critic
+
+            configure_critic(self.config, self._hiper["critic_heads"])
         super()._setup()
         from verl.utils.config import omega_conf_to_dataclass
 
@@ -175,12 +222,32 @@ class HiPERTrainer(_Base):  # type: ignore[misc,valid-type]
         metrics.update(res.metrics)
         return tq.kv_batch_put(keys=batch.keys, partition_id=batch.partition_id, fields=output)
 
+    def _compute_metrics(
+        self, batch: Any, metrics: dict, timing_raw: dict, global_steps: int, epoch: int
+    ) -> None:
+        """verl's metrics step; with 3 value channels verl's value block is replaced by per-channel metrics."""
+        if not (self.use_critic and self._hiper["critic_heads"] == 3):
+            return super()._compute_metrics(batch, metrics, timing_raw, global_steps, epoch)
+        import transfer_queue as tq
+
+        # verl's compute_data_metrics masked_selects the values with the [B, R] response mask: [B, R, 3] fails.
+        self.use_critic = False
+        try:
+            super()._compute_metrics(batch, metrics, timing_raw, global_steps, epoch)
+        finally:
+            self.use_critic = True
+        data = tq.kv_batch_get(keys=batch.keys, partition_id=batch.partition_id, select_fields=["values"])
+        real = [not tag.get("is_padding", False) for tag in batch.tags]
+        metrics.update(channel_value_metrics([v for v, r in zip(data["values"].unbind(), real) if r]))
+
 
 __all__ = [
     "CRITIC_ESTIMATORS",
     "HAVE_VERL",
+    "PAPER_SWITCH_MESSAGE",
     "TRAINER_NAME",
     "HiPERTrainer",
+    "channel_value_metrics",
     "hiper_settings",
     "unsupported_settings",
 ]
