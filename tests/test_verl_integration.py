@@ -550,7 +550,8 @@ def test_plugin_registers_with_fake_registries() -> None:
         register_agent_loop=reg(loops), register_trainer=reg(trainers), register_adv_est=reg(ests),
         known_estimators=lambda: dict(ests),
     )  # fmt: skip
-    assert set(report.values()) == {"ok"} and plugin.LAST_REPORT == report
+    assert set(report.values()) == {"ok"}  # the patch's own entry (real verl only) survives a re-registration
+    assert {k: v for k, v in plugin.LAST_REPORT.items() if k != "critic_heads"} == report
     assert loops == {"hiper_plan_execute": al.HiPERAgentLoop}
     assert trainers == {"hiper_sync": HiPERTrainer}
     assert callable(ests["hae"]) and not callable(ests["gigpo"])  # an existing name is left alone
@@ -630,3 +631,38 @@ def test_recipe_settings_match_spec(
     assert cfg["critic"]["optim"]["lr"] == 1.0e-5 and cfg["critic"]["cliprange_value"] == 0.5
     assert cfg["trainer"]["v1"]["trainer_mode"] == "hiper_sync"
     assert cfg["actor_rollout_ref"]["rollout"]["agent"]["default_agent_loop"] == "hiper_plan_execute"
+
+
+def test_paper_switch_mode_refused_up_front() -> None:
+    """``algorithm.hae.switch_mode=paper`` needs beta and V^low on the KEEP continuation (extra forward passes the
+    verl trainer does not run): ``HiPERTrainer._setup`` refuses it before any worker is built."""
+    from hiper.integrations.verl.trainer import HiPERTrainer, unsupported_settings
+
+    config = {"algorithm": {"adv_estimator": "hae", "hae": {"switch_mode": "paper"}}, "hiper": {}}
+    assert any("switch_mode=paper" in p and "hiper train" in p for p in unsupported_settings(config))
+    trainer = HiPERTrainer.__new__(HiPERTrainer)
+    trainer.config, trainer.use_critic = config, True
+    with pytest.raises(ValueError, match=r"switch_mode=paper.*built-in trainer \(hiper train"):
+        trainer._setup()
+    for ok in ({"adv_estimator": "hae", "hae": {"switch_mode": "code"}}, {"adv_estimator": "hae"},
+               {"adv_estimator": "grpo", "hae": {"switch_mode": "paper"}}):  # fmt: skip
+        assert unsupported_settings({"algorithm": ok}) == [], ok
+
+
+def test_critic_heads_settings_without_verl() -> None:
+    """``hiper.critic_heads``: 1 or 3; 3 needs verl 0.9.1 and an FSDP critic; a 3-channel override with 1 head is
+    an error (it would be read as one head)."""
+    from hiper.integrations.verl.critic_heads import critic_problems
+    from hiper.integrations.verl.trainer import hiper_settings
+
+    with pytest.raises(ValueError, match="critic_heads must be 1"):
+        hiper_settings({"hiper": {"critic_heads": 2}, "algorithm": {}})
+    assert hiper_settings({"hiper": {"critic_heads": 3}, "algorithm": {}})["critic_heads"] == 3
+    fsdp = {"critic": {"strategy": "fsdp", "model": {"override_config": {}}}}
+    assert critic_problems(fsdp, 3, "0.9.1") == [] and critic_problems(fsdp, 1, "0.9.1") == []
+    (msg,) = critic_problems(fsdp, 3, "0.10.0")
+    assert "verl==0.9.1 only (installed: verl 0.10.0)" in msg and "hiper.critic_heads=1" in msg
+    (msg,) = critic_problems({"critic": {"strategy": "megatron"}}, 3, "0.9.1")
+    assert "critic.strategy=megatron" in msg
+    three = {"critic": {"strategy": "fsdp", "model": {"override_config": {"num_labels": 3}}}}
+    assert critic_problems(three, 3, "0.9.1") == [] and "set hiper.critic_heads=3" in critic_problems(three, 1)[0]
