@@ -81,16 +81,19 @@ def test_entry_point_registers_in_a_fresh_interpreter() -> None:
         "print(loops['hiper_plan_execute']['_target_'])\n"
         "print(get_trainer_cls('hiper_sync').__module__)\n"
         "try:\n    core_algos.get_adv_estimator_fn('hae')()\nexcept RuntimeError as e:\n    print('guard', e)\n"
+        "import verl.utils.model as m\n"  # what the critic's engine worker calls: the three-head wrapper
+        "print('wrapped', getattr(m.load_valuehead_model, '__hiper_original__', None) is not None)\n"
     )
     env = {**os.environ, "VERL_USE_EXTERNAL_PLUGINS": "auto"}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     lines = out.stdout.strip().splitlines()
-    assert lines[-3:-1] == [
+    assert lines[-4:-2] == [
         "hiper.integrations.verl.agent_loop.HiPERAgentLoop",
         "hiper.integrations.verl.trainer",
     ]
-    assert lines[-1].startswith("guard") and "hiper_sync" in lines[-1]
+    assert lines[-2].startswith("guard") and "hiper_sync" in lines[-2]
+    assert lines[-1] == "wrapped True"
 
 
 @pytest.fixture(scope="module")
