@@ -393,12 +393,12 @@ class Trainer:
         the two rows are right-padded to the longer one.
         """
         if self._switch_cont is None:
-            from hiper.trainer.turn_batch import _pad_right
+            from hiper.trainer.turn_batch import pad_token_lists
 
             seqs = [self.tokenizer(t, add_special_tokens=False)["input_ids"] for t in SWITCH_CONTINUATIONS]
             if any(not s for s in seqs) or seqs[0] == seqs[1]:
                 raise ValueError(f"the tokenizer cannot tell {SWITCH_CONTINUATIONS} apart: {seqs}")
-            self._switch_cont = _pad_right(seqs, self.pad_id)
+            self._switch_cont = pad_token_lists(seqs, self.pad_id)
         return self._switch_cont
 
     @torch.no_grad()
@@ -507,23 +507,17 @@ class Trainer:
         scale = float(cfg_get(self.algo_cfg, "reward_scale", 1.0))
         inputs = batch.advantage_inputs(batch.old_values, scale)
         out = advantage.get(self.estimator_name)(inputs, self.advantage_config())
+        batch.advantages, batch.loss_mask, per_row = batch.token_advantages(out)
         flat = batch.flat
-        adv_action, adv_subgoal, adv_switch = flat(out.adv_action), flat(out.adv_subgoal), flat(out.adv_switch)
-        sub_in_loss = flat(out.subgoal_in_loss).bool()
-        token_adv, loss_mask = advantage.to_token_level(
-            adv_action.float(), adv_subgoal.float(), adv_switch.float(), sub_in_loss,
-            batch.action_mask, batch.subgoal_mask, batch.switch_mask, batch.response_mask,
-        )
-        batch.advantages, batch.loss_mask = token_adv, loss_mask
         extras = getattr(out, "extras", None) or {}
         raw = {"action": "adv_low_raw", "subgoal": "adv_high_raw", "switch": "adv_term_raw"}
         batch.turn_advantages = {role: flat(extras[key]).float() for role, key in raw.items() if key in extras}
         batch.returns = {h: flat(r).float() for h, r in (out.returns or {}).items()}
         batch.value_mask = {h: flat(m).bool() for h, m in (out.value_mask or {}).items()}
         metrics: dict[str, float] = {}
-        roles = (("action", adv_action, batch.action_mask.any(1)),
-                 ("subgoal", adv_subgoal, batch.subgoal_mask.any(1) & sub_in_loss),
-                 ("switch", adv_switch, batch.switch_mask.any(1)))
+        roles = (("action", per_row["action"], batch.action_mask.any(1)),
+                 ("subgoal", per_row["subgoal"], batch.subgoal_mask.any(1) & per_row["subgoal_in_loss"]),
+                 ("switch", per_row["switch"], batch.switch_mask.any(1)))
         for role, a, m in roles:
             if bool(m.any()):
                 x = a[m].double()

@@ -61,19 +61,23 @@ def keep_continuation_ids(tokenizer: Any, table: Any, subgoals: Sequence[str]) -
         if n_keep == 0 or int(lengths[:n_keep].sum()) < tag_end:
             raise ValueError(f"KEEP continuation {text!r} does not tokenize to its bytes (special-token text?)")
         cut[g] = [int(x) for x in ids[:n_keep]]
-    return _pad_right([cut[g] for g in subgoals], int(tokenizer.pad_token_id))
+    return pad_token_lists([cut[g] for g in subgoals], int(tokenizer.pad_token_id))
 
 
-def _pad_right(seqs: Sequence[Sequence[int]], pad: int, width: int | None = None) -> tuple[Tensor, Tensor]:
-    """Right-pad int sequences -> (ids ``[N, W]`` long, mask ``[N, W]`` bool)."""
-    width = max((len(s) for s in seqs), default=0) if width is None else width
-    ids = torch.full((len(seqs), max(width, 1)), pad, dtype=torch.long)
-    mask = torch.zeros((len(seqs), max(width, 1)), dtype=torch.bool)
+def pad_token_lists(seqs: Sequence[Sequence[int]], pad: int, *, left: bool = False) -> tuple[Tensor, Tensor]:
+    """Pad int sequences to the longest (at least 1) -> (ids ``[N, W]`` long, mask ``[N, W]`` bool).
+
+    ``left=True`` left-pads (prompts, so every row ends where generation starts); else right-pads (responses).
+    """
+    width = max(max((len(s) for s in seqs), default=0), 1)
+    ids = torch.full((len(seqs), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.bool)
     for i, s in enumerate(seqs):
         n = len(s)
         if n:
-            ids[i, :n] = torch.as_tensor(list(s), dtype=torch.long)
-            mask[i, :n] = True
+            sl = slice(width - n, width) if left else slice(0, n)
+            ids[i, sl] = torch.as_tensor(list(s), dtype=torch.long)
+            mask[i, sl] = True
     return ids, mask
 
 
@@ -82,19 +86,6 @@ def shown_subgoal(current_subgoal: str | None) -> str:
     from hiper.protocol import INITIAL_SUBGOAL
 
     return current_subgoal.strip() if current_subgoal is not None and current_subgoal.strip() else INITIAL_SUBGOAL
-
-
-def _pad_left(seqs: Sequence[Sequence[int]], pad: int) -> tuple[Tensor, Tensor]:
-    """Left-pad int sequences -> (ids ``[N, W]`` long, mask ``[N, W]`` bool)."""
-    width = max(max((len(s) for s in seqs), default=0), 1)
-    ids = torch.full((len(seqs), width), pad, dtype=torch.long)
-    mask = torch.zeros((len(seqs), width), dtype=torch.bool)
-    for i, s in enumerate(seqs):
-        n = len(s)
-        if n:
-            ids[i, width - n :] = torch.as_tensor(list(s), dtype=torch.long)
-            mask[i, width - n :] = True
-    return ids, mask
 
 
 @dataclass
@@ -202,8 +193,8 @@ class TurnBatch:
                 rows.append((i, t, turn, empty))
         if not rows:
             raise ValueError("no turns to batch")
-        prompt_ids, prompt_mask = _pad_left(prompts, pad_token_id)
-        response_ids, response_mask = _pad_right(responses, pad_token_id)
+        prompt_ids, prompt_mask = pad_token_lists(prompts, pad_token_id, left=True)
+        response_ids, response_mask = pad_token_lists(responses, pad_token_id)
         empty_rows = torch.tensor([e for *_, e in rows], dtype=torch.bool)
         response_mask[empty_rows] = False
         spans = token_spans(table, response_ids, response_mask)
@@ -353,6 +344,28 @@ class TurnBatch:
         from hiper.advantage.layout import unpad
 
         return unpad(padded, self.traj_index, self.turn_index)
+
+    def token_advantages(self, out: Any) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+        """Broadcast an estimator's per-turn output (``hiper.advantage`` result, padded ``[n_traj, T_max]``) to
+        the tokens of this batch's rows (spec §3.8).
+
+        Returns:
+            ``(token_adv [N, L] float, loss_mask [N, L] bool, per_row)`` where ``per_row`` holds the row-level
+            ``action``/``subgoal``/``switch`` advantages ``[N]`` float and ``subgoal_in_loss`` ``[N]`` bool.
+        """
+        from hiper.advantage import to_token_level
+
+        per_row = {
+            "action": self.flat(out.adv_action).float(),
+            "subgoal": self.flat(out.adv_subgoal).float(),
+            "switch": self.flat(out.adv_switch).float(),
+            "subgoal_in_loss": self.flat(out.subgoal_in_loss).bool(),
+        }
+        token_adv, loss_mask = to_token_level(
+            per_row["action"], per_row["subgoal"], per_row["switch"], per_row["subgoal_in_loss"],
+            self.action_mask, self.subgoal_mask, self.switch_mask, self.response_mask,
+        )  # fmt: skip
+        return token_adv, loss_mask, per_row
 
     def turn_mask(self) -> Tensor:
         """``[n_traj, T_max]`` bool: which (trajectory, turn) entries are real."""

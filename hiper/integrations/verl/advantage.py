@@ -130,13 +130,8 @@ def compute_row_advantages(
     values = read_row_values(rows, index, batch.v_low_pos, critic_heads) if heads else None
     inputs = advantage_inputs(batch, values, reward_scale)
     out = est(inputs, config)
+    token_adv, loss_mask, _ = batch.token_advantages(out)
     flat = batch.flat
-    adv_action, adv_subgoal, adv_switch = flat(out.adv_action), flat(out.adv_subgoal), flat(out.adv_switch)
-    sub_in_loss = flat(out.subgoal_in_loss).bool()
-    token_adv, loss_mask = advantage.to_token_level(
-        adv_action.float(), adv_subgoal.float(), adv_switch.float(), sub_in_loss,
-        batch.action_mask, batch.subgoal_mask, batch.switch_mask, batch.response_mask,
-    )  # fmt: skip
 
     n_rows = len(rows)
     n_batch = len(batch)

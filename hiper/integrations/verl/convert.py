@@ -160,19 +160,6 @@ class VerlRows:
         return len(self.keys)
 
 
-def _pad(seqs: Sequence[Sequence[int]], pad: int, left: bool) -> tuple[Tensor, Tensor]:
-    width = max(max((len(s) for s in seqs), default=0), 1)
-    ids = torch.full((len(seqs), width), pad, dtype=torch.long)
-    mask = torch.zeros((len(seqs), width), dtype=torch.bool)
-    for i, s in enumerate(seqs):
-        n = len(s)
-        if n:
-            sl = slice(width - n, width) if left else slice(0, n)
-            ids[i, sl] = torch.as_tensor(list(s), dtype=torch.long)
-            mask[i, sl] = True
-    return ids, mask
-
-
 @dataclass
 class RowIndex:
     """Where each verl row went in the :class:`TurnBatch`.
@@ -196,7 +183,7 @@ def rows_to_turn_batch(rows: VerlRows, pad_token_id: int = 0) -> tuple[Any, RowI
     ordered by (trajectory, turn), so the result does not depend on verl's row order (``_balance_batch``).
     """
     from hiper.advantage.layout import turn_mask_from_index
-    from hiper.trainer.turn_batch import TurnBatch
+    from hiper.trainer.turn_batch import TurnBatch, pad_token_lists
 
     real = [r for r in range(len(rows)) if not rows.is_padding[r]]
     if not real:
@@ -223,9 +210,9 @@ def rows_to_turn_batch(rows: VerlRows, pad_token_id: int = 0) -> tuple[Any, RowI
     t_max = int(turn_index.max()) + 1
     turn_mask_from_index(traj_index, turn_index, len(traj_keys), t_max)  # raises on gaps / duplicates
 
-    prompt_ids, prompt_mask = _pad([rows.prompt_ids[r] for r in order], pad_token_id, left=True)
+    prompt_ids, prompt_mask = pad_token_lists([rows.prompt_ids[r] for r in order], pad_token_id, left=True)
     resp = [rows.response_ids[r] for r in order]
-    response_ids, response_mask = _pad(resp, pad_token_id, left=False)
+    response_ids, response_mask = pad_token_lists(resp, pad_token_id)
     width = response_ids.shape[1]
     efs = [rows.extra_fields[r] for r in order]
     role_masks = {
