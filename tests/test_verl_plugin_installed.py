@@ -96,17 +96,22 @@ def test_entry_point_registers_in_a_fresh_interpreter() -> None:
     assert lines[-1] == "wrapped True"
 
 
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A local HF model folder verl's ``HFModelConfig`` accepts: the real Qwen2.5 tokenizer + a tiny Qwen2 config."""
+def _tokenizer_folder(tmp_path_factory: pytest.TempPathFactory, name: str) -> tuple[Any, Path, int]:
+    """(transformers, a fresh folder holding a copy of the real Qwen2.5 tokenizer, its vocabulary size)."""
     transformers = pytest.importorskip("transformers")
     if not TOKENIZER_DIR.exists():
         pytest.skip(f"Qwen2.5 tokenizer not found at {TOKENIZER_DIR} (set HIPER_SHARED)")
-    out = tmp_path_factory.mktemp("tiny_qwen2")
+    out = tmp_path_factory.mktemp(name)
     for f in TOKENIZER_DIR.iterdir():
         if f.is_file():
             shutil.copy(f, out / f.name)
-    vocab = len(transformers.AutoTokenizer.from_pretrained(str(out)))
+    return transformers, out, len(transformers.AutoTokenizer.from_pretrained(str(out)))
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A local HF model folder verl's ``HFModelConfig`` accepts: the real Qwen2.5 tokenizer + a tiny Qwen2 config."""
+    transformers, out, vocab = _tokenizer_folder(tmp_path_factory, "tiny_qwen2")
     transformers.Qwen2Config(
         vocab_size=vocab, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
         intermediate_size=128, architectures=["Qwen2ForCausalLM"],
@@ -539,14 +544,7 @@ def test_three_head_recipe_override_is_a_valid_verl_config(model_dir: Path) -> N
 @pytest.fixture(scope="module")
 def weights_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny Qwen2 *checkpoint* (weights, tied embeddings) + the real tokenizer: what verl's critic loads."""
-    transformers = pytest.importorskip("transformers")
-    if not TOKENIZER_DIR.exists():
-        pytest.skip(f"Qwen2.5 tokenizer not found at {TOKENIZER_DIR} (set HIPER_SHARED)")
-    out = tmp_path_factory.mktemp("tiny_qwen2_weights")
-    for f in TOKENIZER_DIR.iterdir():
-        if f.is_file():
-            shutil.copy(f, out / f.name)
-    vocab = len(transformers.AutoTokenizer.from_pretrained(str(out)))
+    transformers, out, vocab = _tokenizer_folder(tmp_path_factory, "tiny_qwen2_weights")
     torch.manual_seed(0)
     transformers.Qwen2ForCausalLM(transformers.Qwen2Config(
         vocab_size=vocab, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1,
