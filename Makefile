@@ -1,6 +1,6 @@
 # Two commands do everything on a fresh machine (see README.md):
 #   make demo   -- the main job on its embedded default (CPU, no downloads)
-#   make test   -- ruff + the test suite
+#   make test   -- ruff, the import-layer contracts, mypy on the core, the test suite
 PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -28,6 +28,8 @@ demo: install
 
 test: install
 	$(BIN)/ruff check hiper tests scripts
+	$(BIN)/lint-imports --no-cache
+	$(BIN)/mypy
 	$(BIN)/python -m pytest -q -p no:cacheprovider
 
 bench: install

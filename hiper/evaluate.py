@@ -21,8 +21,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from hiper.envs import ENV_FAMILIES, ENV_REGISTRY, env_class, task_panel
-from hiper.envs.manager import EnvManager, Trajectory, episode_stats, make_batch, run_episodes
+from hiper.envs import ENV_FAMILIES, ENV_REGISTRY, env_class, make_batch, task_panel
+from hiper.protocol.prompts import RENDERERS
+from hiper.rollout.hf import HFEngine
+from hiper.rollout.loop import run_episodes
+from hiper.rollout.manager import EnvManager
+from hiper.rollout.policies import EnginePolicy, ExpertPolicy, RandomPolicy
+from hiper.rollout.records import Trajectory, TurnRecord, episode_stats
 
 #: default evaluation split per env (ALFWorld's verl-agent evaluation uses valid_seen, spec §2.7).
 DEFAULT_SPLIT = {"household": "valid_seen", "alfworld": "valid_seen", "webshop": "test"}
@@ -65,7 +70,7 @@ def bootstrap_interval(
 
 
 def summarize(trajectories: Sequence[Trajectory], seed: int = 0) -> dict[str, Any]:
-    """:func:`~hiper.envs.manager.episode_stats` plus confidence intervals per task type and overall."""
+    """:func:`~hiper.rollout.records.episode_stats` plus confidence intervals per task type and overall."""
     stats = episode_stats(trajectories)
     n = stats["n_episodes"]
     stats["success_ci95"] = wilson_interval(stats["success"] * n, n)
@@ -135,15 +140,11 @@ def load_model(folder: Path, device: str) -> tuple[Any, Any]:
 
 def build_policy(args: argparse.Namespace, manager: EnvManager) -> tuple[Any, str]:
     """The policy named by ``args.policy`` and a short description for the report."""
-    from hiper.rollout.policies import EnginePolicy, ExpertPolicy, RandomPolicy
-
     name = args.policy
     if name in ("expert", "oracle"):
         return ExpertPolicy(manager), name
     if name == "random":
         return RandomPolicy(seed=args.seed), name
-    from hiper.rollout.hf import HFEngine
-
     folder, _ = resolve_policy_dir(name)
     device = _device(args.device)
     model, tokenizer = load_model(folder, device)
@@ -224,7 +225,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--prompt",
-        choices=("auto", "default", "compact"),
+        choices=("auto", *RENDERERS),
         default="auto",
         help="prompt renderer; auto = the checkpoint's run config (env.prompt), else default",
     )
@@ -269,14 +270,6 @@ def _env_setup(args: argparse.Namespace) -> tuple[dict[str, Any], str, int]:
     return kwargs, prompt, history
 
 
-def _renderer(name: str) -> Any:
-    if name == "default":
-        return None
-    from hiper.trainer.demo import compact_renderer
-
-    return compact_renderer
-
-
 def evaluate(args: argparse.Namespace) -> dict[str, Any]:
     """Run the evaluation described by ``args``; returns the JSON-able results."""
     split = args.split or DEFAULT_SPLIT.get(args.env, "test")
@@ -293,7 +286,7 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
             env_kwargs["expert_plan"] = False
     batch = make_batch(args.env, n_workers=workers, timeout_s=args.timeout, **env_kwargs)
     manager = EnvManager(
-        batch, family=ENV_FAMILIES[args.env], history_length=history_length, renderer=_renderer(prompt)
+        batch, family=ENV_FAMILIES[args.env], history_length=history_length, renderer=RENDERERS[prompt]
     )
     try:
         policy, policy_desc = build_policy(args, manager)
@@ -302,7 +295,7 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
         with _progress(args.no_progress, len(tasks)) as advance:
             for start in range(0, len(tasks), concurrency):
 
-                def on_turn(records: list[Any]) -> None:
+                def on_turn(records: list[TurnRecord]) -> None:
                     advance(sum(r.done for r in records))
 
                 trajectories += run_episodes(

@@ -22,8 +22,12 @@ import argparse
 import sys
 from typing import Any, TextIO
 
-from hiper.envs import ENV_FAMILIES, ENV_REGISTRY, task_panel
-from hiper.envs.manager import EnvManager, TurnRecord, TurnRequest, make_batch
+from hiper.envs import ENV_FAMILIES, ENV_REGISTRY, make_batch, task_panel
+from hiper.evaluate import DEFAULT_SPLIT, _kv
+from hiper.protocol import Switch, format_response
+from hiper.rollout.loop import advance, episodes
+from hiper.rollout.manager import EnvManager
+from hiper.rollout.records import TurnRecord, TurnRequest
 
 HELP = (
     "answer with  k|subgoal|action  (KEEP) or  s|subgoal|action  (SWITCH); 'k||action' keeps the current "
@@ -34,8 +38,6 @@ HELP = (
 
 def expand_shorthand(line: str, request: TurnRequest) -> str:
     """The response text for one input line (see the module docstring); raises ``ValueError`` if unusable."""
-    from hiper.protocol import Switch, format_response
-
     text = line.strip()
     if "<" in text:
         return text
@@ -86,7 +88,7 @@ def _show_record(out: Any, rec: TurnRecord) -> None:
     if getattr(p, "warnings", ()):
         flags += f"; warnings: {', '.join(p.warnings)}"
     out.print(
-        f"[bold]parsed:[/bold] switch={p.switch} subgoal={_esc(repr(p.subgoal))} action={_esc(repr(rec.action))} -> {flags}"
+        f"[bold]parsed:[/bold] switch={p.decision} subgoal={_esc(repr(p.subgoal))} action={_esc(repr(rec.action))} -> {flags}"
     )
     notes = []
     if rec.keep_inconsistent:
@@ -109,7 +111,6 @@ def play(args: argparse.Namespace, stdin: TextIO | None = None, console: Any = N
     """Run one interactive episode reading responses from ``stdin``; returns the exit status."""
     from rich.console import Console
 
-    from hiper.evaluate import DEFAULT_SPLIT, _kv
 
     stdin = stdin if stdin is not None else sys.stdin
     out = console or Console(highlight=False)
@@ -135,12 +136,14 @@ def play(args: argparse.Namespace, stdin: TextIO | None = None, console: Any = N
         history_length=args.history_length,
         strict_parse=args.strict,
     )
+    records: list[TurnRecord] = []
+    episode = episodes(manager, [task], on_turn=records.extend)  # THE rollout loop, one send per typed response
     try:
-        manager.reset([task])
+        requests = advance(episode)
         out.print(f"[bold]hiper play[/bold] {task}   ({HELP})", highlight=False)
         show = True
-        while manager.active:
-            (request,) = manager.requests()
+        while requests:
+            (request,) = requests
             if show:
                 _show_turn(out, request, args.full_prompt)
             show = False
@@ -173,8 +176,9 @@ def play(args: argparse.Namespace, stdin: TextIO | None = None, console: Any = N
             except ValueError as exc:
                 out.print(f"[red]{_esc(str(exc))}[/red]")
                 continue
-            (rec,) = manager.step({request.slot: response})
-            _show_record(out, rec)
+            records.clear()
+            requests = advance(episode, ({request.slot: response}, None))
+            _show_record(out, records[0])
             show = True
         (traj,) = manager.trajectories()
         out.rule("episode over")
@@ -185,6 +189,7 @@ def play(args: argparse.Namespace, stdin: TextIO | None = None, console: Any = N
         )
         return 0
     finally:
+        episode.close()
         manager.close()
 
 

@@ -13,6 +13,7 @@ import json
 from typing import Any
 
 import pytest
+from fakes import ScriptedLLM, ScriptedSamplingParams
 
 from hiper.bench import rollout as rb
 from hiper.rollout.vllm_engine import backend_output_from_vllm
@@ -34,9 +35,9 @@ def _params(sp_list: list[Any]) -> list[dict[str, Any]]:
 
 
 def test_scripted_llm_cuts_like_vllm(tokenizer: Any) -> None:
-    llm = rb.ScriptedLLM(tokenizer)
+    llm = ScriptedLLM(tokenizer)
     eos = tokenizer.eos_token_id
-    sp = rb.ScriptedSamplingParams(
+    sp = ScriptedSamplingParams(
         temperature=0.0, max_tokens=64, stop=["</action>"], stop_token_ids=[eos], logprobs=0
     )
     prompts = [{"prompt_token_ids": [100 + i, 7, 8]} for i in range(40)]
@@ -59,7 +60,7 @@ def test_scripted_llm_cuts_like_vllm(tokenizer: Any) -> None:
     again = llm.generate(prompts, sampling_params=sp, use_tqdm=False)
     assert [o.outputs[0].token_ids for o in again] == [o.outputs[0].token_ids for o in outs]  # greedy: same
     with pytest.raises(TypeError, match="unexpected"):
-        rb.ScriptedSamplingParams(temperature=1.0, best_of=2)
+        ScriptedSamplingParams(temperature=1.0, best_of=2)
     with pytest.raises(ValueError, match="SamplingParams for"):
         llm.generate(prompts, sampling_params=[sp], use_tqdm=False)
 
@@ -87,9 +88,9 @@ def test_prompts_come_from_env_states_with_history(tokenizer: Any) -> None:
 
 
 def test_raw_and_ours_get_the_same_prompts_and_params(tokenizer: Any) -> None:
-    llm = rb.ScriptedLLM(tokenizer)
+    llm = ScriptedLLM(tokenizer)
     records, summary = _records(
-        llm=llm, sampling_params_cls=rb.ScriptedSamplingParams, tokenizer=tokenizer, n_prompts=N,
+        llm=llm, sampling_params_cls=ScriptedSamplingParams, tokenizer=tokenizer, n_prompts=N,
         max_new_tokens=CAP, repeats=2, temperature=1.0, seed=5, loop_turns=2, info={"model": "scripted"},
     )  # fmt: skip
     assert [r["measure"] for r in records] == ["prompts", "raw_vllm", "ours_engine", "ours_loop"]
@@ -135,7 +136,7 @@ def test_greedy_is_comparable_and_hf_reference(tokenizer: Any, tiny_model: Any) 
 
     hf = HFEngine(tiny_model, tokenizer, max_batch_size=2, eos_token_ids=[tokenizer.eos_token_id])
     records, summary = _records(
-        llm=rb.ScriptedLLM(tokenizer), sampling_params_cls=rb.ScriptedSamplingParams, tokenizer=tokenizer,
+        llm=ScriptedLLM(tokenizer), sampling_params_cls=ScriptedSamplingParams, tokenizer=tokenizer,
         n_prompts=2, max_new_tokens=4, repeats=1, temperature=0.0, loop_turns=0, hf_engine=hf, dry_run=True,
     )  # fmt: skip
     assert [r["measure"] for r in records] == ["prompts", "raw_vllm", "ours_engine", "hf_engine"]
@@ -168,7 +169,7 @@ def test_summary_flags_token_count_mismatch() -> None:
 # -- error paths -------------------------------------------------------------------------------------
 
 
-class _NoLogprobLLM(rb.ScriptedLLM):
+class _NoLogprobLLM(ScriptedLLM):
     """Breaks the contract the engine relies on: no log-probs in the outputs."""
 
     def generate(self, prompts: Any, sampling_params: Any = None, use_tqdm: bool = True) -> list[Any]:
@@ -178,14 +179,14 @@ class _NoLogprobLLM(rb.ScriptedLLM):
         return outs
 
 
-class _ShortLLM(rb.ScriptedLLM):
+class _ShortLLM(ScriptedLLM):
     def generate(self, prompts: Any, sampling_params: Any = None, use_tqdm: bool = True) -> list[Any]:
         return super().generate(prompts, sampling_params, use_tqdm)[:-1]
 
 
 def test_bench_errors_are_loud(tokenizer: Any) -> None:
     kw = dict(
-        sampling_params_cls=rb.ScriptedSamplingParams, tokenizer=tokenizer, n_prompts=2, max_new_tokens=8
+        sampling_params_cls=ScriptedSamplingParams, tokenizer=tokenizer, n_prompts=2, max_new_tokens=8
     )
     with pytest.raises(RuntimeError, match="logprobs=0"):  # ours checks what raw vLLM does not
         _records(llm=_NoLogprobLLM(tokenizer), **kw)
@@ -194,7 +195,7 @@ def test_bench_errors_are_loud(tokenizer: Any) -> None:
     for bad, match in [({"repeats": 0}, "repeats"), ({"temperature": -1.0}, "temperature"),
                        ({"max_new_tokens": 0}, "max_new_tokens"), ({"loop_turns": -1}, "loop_turns")]:  # fmt: skip
         with pytest.raises(ValueError, match=match):
-            _records(llm=rb.ScriptedLLM(tokenizer), **{**kw, **bad})
+            _records(llm=ScriptedLLM(tokenizer), **{**kw, **bad})
 
 
 def _args(model: str, *extra: str) -> Any:
@@ -216,31 +217,32 @@ def test_missing_vllm_names_the_extra(tokenizer: Any) -> None:
 
 def test_cli_argument_errors(tokenizer: Any) -> None:
     with pytest.raises(SystemExit, match="needs --tokenizer"):
-        rb.run(_args("random:tiny", "--dry-run"))
+        rb.run(_args("random:tiny"), stand_in=_scripted)
     pytest.importorskip("alfworld")
     bad_dir = ("--env", "alfworld", "--data-dir", "/nonexistent/alfworld", "--n-prompts", "2")
     with pytest.raises(SystemExit, match="ALFWorld data_dir"):
-        rb.run(_args(tokenizer.name_or_path, "--dry-run", *bad_dir))
+        rb.run(_args(tokenizer.name_or_path, *bad_dir), stand_in=_scripted)
 
 
 # -- command line and helpers ------------------------------------------------------------------------
 
 
-def test_cli_dry_run_prints_json_lines(tokenizer: Any, capsys: pytest.CaptureFixture[str]) -> None:
-    from hiper.cli import main
+def _scripted(tokenizer: Any) -> tuple[Any, Any]:
+    return ScriptedLLM(tokenizer), ScriptedSamplingParams
 
-    argv = ["--model", tokenizer.name_or_path, "--dry-run", "--n-prompts", "3", "--max-new-tokens", "16",
-            "--repeats", "1", "--loop-turns", "1"]  # fmt: skip
-    assert main(["bench", "rollout", *argv]) == 0
+
+def test_cli_path_prints_json_lines(tokenizer: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    """The command's own path (argument parsing -> prompts -> the three measurements -> summary) with the stand-in."""
+    argv = ["--model", tokenizer.name_or_path, "--n-prompts", "3", "--max-new-tokens", "16", "--repeats", "1",
+            "--loop-turns", "1"]  # fmt: skip
+    rb.print_json(rb.run(_args(*argv[1:2], *argv[2:]), stand_in=_scripted))
     lines = [json.loads(x) for x in capsys.readouterr().out.strip().splitlines()]
     assert [x["measure"] for x in lines] == ["prompts", "raw_vllm", "ours_engine", "ours_loop", "summary"]
     summary = lines[-1]
     for key in ("raw_tokens_per_s", "ours_tokens_per_s", "ours_vs_raw", "goal", "goal_met", "token_count_mismatch",
                 "loop_tokens_per_s", "loop_env_share", "prompts_sha1", "n_prompts", "max_new_tokens"):  # fmt: skip
         assert key in summary, key
-    assert summary["n_prompts"] == 3 and summary["dry_run"] is True
-    assert rb.main(argv) == 0  # python -m hiper.bench.rollout: same output
-    assert [json.loads(x)["measure"] for x in capsys.readouterr().out.strip().splitlines()][-1] == "summary"
+    assert summary["n_prompts"] == 3 and summary["dry_run"] is True and summary["goal_met"] is None
 
 
 def test_random_model_dir(tokenizer: Any, tmp_path: Any) -> None:
@@ -262,7 +264,7 @@ def test_alfworld_prompts_when_data_present(tokenizer: Any) -> None:
     if not alfworld_data_available():
         pytest.skip("ALFWorld data not found (set HIPER_SHARED)")
     records, summary = _records(
-        llm=rb.ScriptedLLM(tokenizer), sampling_params_cls=rb.ScriptedSamplingParams, tokenizer=tokenizer,
+        llm=ScriptedLLM(tokenizer), sampling_params_cls=ScriptedSamplingParams, tokenizer=tokenizer,
         env="alfworld", split="valid_seen", n_prompts=2, max_new_tokens=16, repeats=1, loop_turns=1, seed=1,
         max_depth=3,
     )  # fmt: skip

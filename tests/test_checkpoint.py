@@ -12,6 +12,7 @@ import pytest
 import torch
 from torch import nn
 
+from hiper.config import load_config
 from hiper.trainer.checkpoint import (
     capture_rng_state,
     checkpoint_root,
@@ -23,7 +24,6 @@ from hiper.trainer.checkpoint import (
     restore_rng_state,
     save_checkpoint,
 )
-from hiper.trainer.config import load_config
 
 
 def tiny_policy(seed: int = 0) -> nn.Module:

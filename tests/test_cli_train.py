@@ -6,9 +6,9 @@ import pytest
 import yaml
 
 from hiper import cli
+from hiper.config import load_config
 from hiper.trainer import cli_sft, cli_train
 from hiper.trainer.checkpoint import save_checkpoint
-from hiper.trainer.config import load_config
 
 
 def test_train_help(capsys):

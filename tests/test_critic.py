@@ -7,7 +7,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from hiper.trainer.critic import HEAD_CHANNELS, ValueModel, head_names
+from hiper.models.critic import HEAD_CHANNELS, ValueModel, head_names
 
 
 class PositionBackbone(torch.nn.Module):
@@ -79,9 +79,9 @@ def test_shared_mode_trains_head_only() -> None:
 
 def test_low_read_position_is_after_subgoal_close_tag() -> None:
     """With a real tokenizer and TurnBatch layout, V_low reads the state right after ``</subgoal>``."""
+    from hiper.models.tokenizer import build_demo_tokenizer
     from hiper.protocol import format_response
-    from hiper.spans import TokenByteTable, token_spans
-    from hiper.trainer.models import build_demo_tokenizer
+    from hiper.protocol.spans import TokenByteTable, token_spans
 
     texts = [format_response("SWITCH", "find the apple", "go to fridge 1"),
              format_response("KEEP", "find the apple", "open fridge 1")] * 20

@@ -9,10 +9,12 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
+from hiper.envs import InProcessBatch  # noqa: E402
 from hiper.envs.base import TaskSpec  # noqa: E402
-from hiper.envs.manager import EnvManager, InProcessBatch, run_episodes  # noqa: E402
 from hiper.rollout.engine import GenerationEngine, GenerationOutput  # noqa: E402
 from hiper.rollout.hf import HFEngine  # noqa: E402
+from hiper.rollout.loop import run_episodes  # noqa: E402
+from hiper.rollout.manager import EnvManager  # noqa: E402
 from hiper.rollout.policies import EnginePolicy  # noqa: E402
 
 

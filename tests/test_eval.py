@@ -14,11 +14,13 @@ from typing import Any
 import pytest
 
 from hiper import cli
-from hiper.envs import task_panel
-from hiper.envs.manager import EnvManager, InProcessBatch, is_admissible, run_episodes
+from hiper.envs import InProcessBatch, task_panel
 from hiper.evaluate import bootstrap_interval, resolve_policy_dir, wilson_interval
 from hiper.play import expand_shorthand, play
+from hiper.rollout.loop import run_episodes
+from hiper.rollout.manager import EnvManager
 from hiper.rollout.policies import ExpertPolicy
+from hiper.rollout.records import is_admissible
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("HIPER_SHARED", REPO / ".." / "shared"))
@@ -197,7 +199,7 @@ def test_play_expert_lines_win() -> None:
     )
     (traj,) = run_episodes(manager, ExpertPolicy(manager), [task])
     lines = [
-        f"{'s' if t.is_switch else 'k'}|{t.subgoal if t.is_switch else ''}|{t.action}" for t in traj.turns
+        f"{'s' if t.switch else 'k'}|{t.subgoal if t.switch else ''}|{t.action}" for t in traj.turns
     ]
     code, out = run_play([":help", ":prompt", "nonsense", *lines], task_index=1)
     assert code == 0 and "episode over" in out and "won True" in out
@@ -230,14 +232,14 @@ def test_play_without_tty_exits_cleanly() -> None:
 
 def test_expand_shorthand() -> None:
     from hiper.envs.base import TaskSpec
-    from hiper.envs.manager import TurnRequest
     from hiper.protocol import parse_response
+    from hiper.rollout.records import TurnRequest
 
     req = TurnRequest(0, "p", ["look", "go to desk 1"], "find key", "t", TaskSpec("h", "s", 0), "obs", 1)
     p = parse_response(expand_shorthand("k||2", req), strict=True)
-    assert p.valid and p.switch.value == "KEEP" and p.subgoal == "find key" and p.action == "go to desk 1"
+    assert p.valid and p.decision.value == "KEEP" and p.subgoal == "find key" and p.action == "go to desk 1"
     p = parse_response(expand_shorthand("S | open it | look", req), strict=True)
-    assert p.switch.value == "SWITCH" and p.subgoal == "open it" and p.action == "look"
+    assert p.decision.value == "SWITCH" and p.subgoal == "open it" and p.action == "look"
     assert expand_shorthand("<action>x</action>", req) == "<action>x</action>"
     for bad in ("look", "x|a|b", "k|a"):
         with pytest.raises(ValueError):

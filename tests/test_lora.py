@@ -13,17 +13,12 @@ import torch
 
 pytest.importorskip("peft", reason="LoRA needs the optional peft package (pip install 'hiper[lora]')")
 
-from hiper.trainer.demo import household_tokenizer  # noqa: E402
-from hiper.trainer.models import (  # noqa: E402
-    LoraReference,
-    apply_lora,
-    build_tiny_model,
-    has_lora,
-    merge_lora,
-    merged_state_dict,
-    response_logprobs,
-)
-from hiper.trainer.trainer import Trainer  # noqa: E402
+from hiper.config import LoraConfig, from_dict  # noqa: E402
+from hiper.models.policy import LoraReference, apply_lora, build_tiny_model, response_logprobs  # noqa: E402
+from hiper.models.tokenizer import household_tokenizer  # noqa: E402
+from hiper.rollout.weights import has_lora, merge_lora, merged_state_dict  # noqa: E402
+from hiper.trainer import algorithm, forward  # noqa: E402
+from hiper.trainer.trainer import Trainer, as_config  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent))
 from test_trainer import tiny_config  # noqa: E402
@@ -72,7 +67,7 @@ def test_apply_lora_trains_only_adapters(tiny_model) -> None:
     x = torch.randint(0, 1000, (2, 7))
     with torch.no_grad():
         before = base(x).logits
-    model = apply_lora(base, LORA)
+    model = apply_lora(base, LoraConfig(**LORA))
     trainable = {n: p.numel() for n, p in model.named_parameters() if p.requires_grad}
     assert trainable and all(".lora_A." in n or ".lora_B." in n for n in trainable)
     cfg, r = tiny_model.config, LORA["r"]
@@ -89,9 +84,9 @@ def test_apply_lora_trains_only_adapters(tiny_model) -> None:
 
 
 def test_adapter_init_is_a_function_of_the_seed(household_tok) -> None:
-    from hiper.trainer.models import build_policy
+    from hiper.models.policy import build_policy
 
-    cfg = {"tiny": tiny_config()["model"]["tiny"], "lora": LORA}
+    cfg = as_config({"model": {"tiny": tiny_config()["model"]["tiny"], "lora": LORA}}).model
     state = torch.get_rng_state()
     a = build_policy(cfg, household_tok, seed=5).state_dict()
     assert torch.equal(torch.get_rng_state(), state)  # the global stream is untouched
@@ -125,15 +120,15 @@ def test_ppo_with_lora_trains_adapters_only(household_tok) -> None:
 
     # the rollout of iteration 2 ran on the adapter updated by iteration 1: the engine's log-probs equal the
     # trainer's recomputed old log-probs of the same LoRA-wrapped policy
-    batch = trainer.last_batch
+    batch, scores = trainer.last.batch, trainer.last.scores
     m = batch.response_mask
     assert batch.rollout_logprobs is not None and m.any()
-    assert torch.allclose(batch.rollout_logprobs[m], batch.old_logprobs[m], atol=1e-4)
+    assert torch.allclose(batch.rollout_logprobs[m], scores.old_logprobs[m], atol=1e-4)
 
     # the KL reference is the plain base (no adapters), bit for bit, although the adapter has moved
     base = _base_model(cfg, household_tok)
-    assert torch.equal(batch.ref_logprobs[m], trainer.compute_logprobs(batch, base)[m])
-    assert not torch.allclose(batch.old_logprobs[m], batch.ref_logprobs[m], atol=1e-4)
+    assert torch.equal(scores.ref_logprobs[m], forward.logprobs(batch, base, 4, 1.0, trainer.device)[m])
+    assert not torch.allclose(scores.old_logprobs[m], scores.ref_logprobs[m], atol=1e-4)
     assert metrics["actor/kl"] > 0
 
 
@@ -146,8 +141,9 @@ def test_reference_freezes_a_trained_adapter(household_tok) -> None:
             if ".lora_B." in n:
                 p.copy_(torch.randn(p.shape, generator=gen) * 0.5)
     trainer.setup_rl()
-    trajs, _ = trainer.rollout(trainer.manager, trainer.tasks_for_iteration(0), 2, 1.0, seed=1)
-    from hiper.trainer.turn_batch import TurnBatch
+    trajs, _ = algorithm.rollout(trainer.config, trainer.learner(), trainer.manager("train"),
+                                 trainer.tasks_for_iteration(0), 2, 1.0, seed=1)
+    from hiper.batch import TurnBatch
 
     batch = TurnBatch.from_trajectories(trajs, trainer.table, trainer.pad_id)
     at_setup = _batch_logprobs(batch, trainer.policy)
@@ -196,12 +192,12 @@ def test_checkpoint_resume_is_exact(household_tok, tmp_path) -> None:
         assert sa.keys() == sb.keys(), name
         for k in sa:
             assert torch.equal(sa[k], sb[k]), f"{name}.{k}"
-    assert torch.equal(straight.last_batch.advantages, resumed.last_batch.advantages)
+    assert torch.equal(straight.last.targets.advantages, resumed.last.targets.advantages)
 
     # policy/ is a plain HF folder with the adapter merged (hiper eval / from_pretrained / vLLM)
     plain, _ = load_policy(path)
     assert not has_lora(plain)
-    batch = first.last_batch
+    batch = first.last.batch
     m = batch.response_mask
     assert torch.allclose(_batch_logprobs(batch, plain)[m], _batch_logprobs(batch, first.policy)[m], atol=1e-5)
 
@@ -264,7 +260,7 @@ def test_sft_with_lora(household_tok, tmp_path) -> None:
 
 
 def _trained_lora(tiny_model: Any) -> torch.nn.Module:
-    model = apply_lora(copy.deepcopy(tiny_model), LORA)
+    model = apply_lora(copy.deepcopy(tiny_model), LoraConfig(**LORA))
     gen = torch.Generator().manual_seed(1)
     with torch.no_grad():
         for n, p in model.named_parameters():
@@ -350,7 +346,8 @@ def test_trainer_vllm_engine_gets_merged_weights(household_tok, monkeypatch) -> 
         return vllm_engine.VLLMEngine(backends[-1], tokenizer, source=source)
 
     monkeypatch.setattr(vllm_engine.VLLMEngine, "from_pretrained", staticmethod(fake_from_pretrained))
-    trainer = Trainer(cfg, tokenizer=household_tok)
+    # validation would refuse rollout.engine=vllm without vLLM installed, and model.path next to model.tiny
+    trainer = Trainer(from_dict(cfg, validate=False), tokenizer=household_tok)
     with torch.no_grad():  # as after a LoRA SFT: the policy is no longer model.path's weights
         for n, p in trainer.policy.named_parameters():
             if ".lora_B." in n:

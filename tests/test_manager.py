@@ -6,17 +6,13 @@ from typing import Any
 
 import pytest
 
+from hiper.envs import InProcessBatch
 from hiper.envs.base import ExpertStep, TaskSpec
-from hiper.envs.manager import (
-    EnvManager,
-    InProcessBatch,
-    Trajectory,
-    episode_stats,
-    grouped,
-    run_episodes,
-)
 from hiper.protocol import Switch, format_response, parse_response
+from hiper.rollout.loop import run_episodes
+from hiper.rollout.manager import EnvManager, grouped
 from hiper.rollout.policies import ExpertPolicy, RandomPolicy
+from hiper.rollout.records import Trajectory, episode_stats
 
 
 class CorridorEnv:
@@ -95,7 +91,7 @@ def test_expert_solves_and_carries_subgoal() -> None:
             assert cur.observation == prev.next_observation
             assert f"Current sub-goal: {prev.subgoal}" in cur.prompt
         assert [r.turn for r in t.turns] == list(range(t.length))
-        assert t.turns[-1].subgoal == "open the door" and t.turns[-1].is_boundary
+        assert t.turns[-1].subgoal == "open the door" and t.turns[-1].switch
     stats = episode_stats(trajs)
     assert stats["success"] == 1.0 and stats["n_episodes"] == 3 and stats["n_turns"] == 12
     assert stats["switch_rate"] == pytest.approx(6 / 12) and stats["invalid_rate"] == 0.0
@@ -130,7 +126,7 @@ def test_malformed_keep_inconsistent_and_inadmissible() -> None:
     (rec,) = m.step({0: "I think I should go forward"})
     assert not rec.valid and rec.action == "" and batch.envs[0].received[-1] == ""
     assert rec.current_subgoal == "walk to the door" == rec.subgoal
-    assert rec.parsed.switch is Switch.INVALID and not rec.is_boundary
+    assert rec.parsed.decision is Switch.INVALID and not rec.switch
     # KEEP with altered text -> flagged, current subgoal unchanged
     (rec,) = m.step({0: format_response(Switch.KEEP, "walk to the DOOR now", "forward")})
     assert rec.valid and rec.keep_inconsistent and rec.subgoal == "walk to the door"

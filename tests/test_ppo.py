@@ -6,7 +6,7 @@ import math
 
 import torch
 
-from hiper.trainer import ppo
+from hiper import losses as ppo
 
 
 def _ratios_to_logp(ratios: list[float]) -> tuple[torch.Tensor, torch.Tensor]:

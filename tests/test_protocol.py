@@ -40,7 +40,7 @@ def _p(text: str, strict: bool = False) -> ParsedResponse:
 def test_well_formed_switch_and_spans():
     p = _p(GOOD)
     assert p.valid and p.errors == () and p.warnings == ()
-    assert p.switch is Switch.SWITCH and p.is_boundary
+    assert p.decision is Switch.SWITCH and p.switch
     assert p.subgoal == "find the apple" and p.action == "go to countertop 1"
     assert GOOD[slice(*p.switch_span)] == "<switch>SWITCH</switch>"
     assert GOOD[slice(*p.subgoal_span)] == "<subgoal>find the apple</subgoal>"
@@ -50,7 +50,7 @@ def test_well_formed_switch_and_spans():
 
 def test_well_formed_keep_is_not_boundary():
     p = _p(GOOD.replace("SWITCH", "KEEP"))
-    assert p.valid and p.switch is Switch.KEEP and not p.is_boundary
+    assert p.valid and p.decision is Switch.KEEP and not p.switch
 
 
 def test_whitespace_between_and_around_blocks_is_fine_in_both_modes():
@@ -226,10 +226,10 @@ def test_malformed_decision_table(text, errors, switch, subgoal, action, boundar
     p = _p(text)
     assert set(errors) <= set(p.errors), p.errors
     assert not p.valid
-    assert p.switch is switch
+    assert p.decision is switch
     assert p.subgoal == subgoal
     assert p.action == action
-    assert p.is_boundary is boundary
+    assert p.switch is boundary
     assert set(p.errors) | set(p.warnings) <= set(REASON_CODES)
 
 
@@ -253,7 +253,7 @@ def test_lenient_warnings_are_errors_in_strict_mode(text, warning):
     assert not strict.valid and strict.warnings == ()
     assert warning in strict.errors or (warning == "switch_case" and "bad_switch_value" in strict.errors)
     if warning == "switch_case":  # strict mode does not read a non-canonical switch value
-        assert lenient.switch is not Switch.INVALID and strict.switch is Switch.INVALID
+        assert lenient.decision is not Switch.INVALID and strict.decision is Switch.INVALID
 
 
 def test_unclosed_and_stray_text_is_not_double_counted_as_outside_text():
@@ -290,7 +290,7 @@ def test_never_raises_on_odd_input():
 
 
 def test_parsed_response_is_frozen_and_fast_path_equals_slow_path():
-    from hiper.protocol import _parse_slow
+    from hiper.protocol.grammar import _parse_slow
 
     p = _p(GOOD)
     with pytest.raises(dataclasses.FrozenInstanceError):
@@ -311,12 +311,12 @@ _content = st.text(
     switch=st.sampled_from([Switch.KEEP, Switch.SWITCH, "keep", "SWITCH"]), subgoal=_content, action=_content
 )
 def test_format_parse_round_trip(switch, subgoal, action):
-    from hiper.protocol import _parse_slow
+    from hiper.protocol.grammar import _parse_slow
 
     try:
         text = format_response(switch, subgoal, action)
     except ValueError:  # CJK content cannot be written validly
-        from hiper.protocol import _CJK
+        from hiper.protocol.grammar import _CJK
 
         assert _CJK.search(subgoal + action)
         return
@@ -324,10 +324,10 @@ def test_format_parse_round_trip(switch, subgoal, action):
         p = parse_response(text, strict=strict)
         assert p == _parse_slow(text, strict)
         assert p.valid, (text, p.errors)
-        assert p.switch is Switch(str(switch).upper())
+        assert p.decision is Switch(str(switch).upper())
         assert p.subgoal == subgoal.strip()
         assert p.action == action.strip().lower()
-        assert p.is_boundary is (p.switch is Switch.SWITCH)
+        assert p.switch is (p.decision is Switch.SWITCH)
 
 
 @settings(max_examples=150, deadline=None)
@@ -355,18 +355,18 @@ def test_format_parse_round_trip(switch, subgoal, action):
     strict=st.booleans(),
 )
 def test_parse_invariants_on_arbitrary_text(text, strict):
-    from hiper.protocol import _parse_slow
+    from hiper.protocol.grammar import _parse_slow
 
     p = parse_response(text, strict=strict)
     assert p == _parse_slow(text, strict)  # the single-regex fast path agrees with the general parser
     assert p.valid == (p.errors == ())
-    assert p.is_boundary == (p.switch is Switch.SWITCH and bool(p.subgoal))
+    assert p.switch == (p.decision is Switch.SWITCH and bool(p.subgoal))
     for span, name in zip(p.spans, ("switch", "subgoal", "action")):
         if span is not None:
             assert text[span[0] : span[1]].lower().startswith(f"<{name}>")
             assert text[span[0] : span[1]].lower().endswith(f"</{name}>")
     if p.valid:
-        assert p.subgoal and p.action and p.switch is not Switch.INVALID
+        assert p.subgoal and p.action and p.decision is not Switch.INVALID
 
 
 def test_format_response_rejects_unwritable_inputs():
@@ -512,7 +512,7 @@ def test_parsed_response_pickles_for_worker_processes():
     for text in (GOOD, "Sure! <switch>keep</switch><subgoal>a</subgoal>"):
         p = _p(text)
         q = pickle.loads(pickle.dumps(p))
-        assert q == p and hash(q) == hash(p) and q.switch is p.switch
+        assert q == p and hash(q) == hash(p) and q.decision is p.decision
 
 
 def test_history_length_zero_and_no_length_fallback():

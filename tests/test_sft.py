@@ -5,16 +5,16 @@ from __future__ import annotations
 import pytest
 import torch
 
-from hiper.protocol import parse_response
+from hiper.models.policy import build_tiny_model
+from hiper.models.tokenizer import household_tokenizer
+from hiper.protocol import compact_renderer, parse_response
 from hiper.trainer import sft
-from hiper.trainer.demo import compact_renderer, household_tokenizer
-from hiper.trainer.models import build_tiny_model
 
 
 @pytest.fixture(scope="module")
 def setup():
-    from hiper.envs import task_panel
-    from hiper.envs.manager import EnvManager, make_batch
+    from hiper.envs import make_batch, task_panel
+    from hiper.rollout.manager import EnvManager
 
     tok = household_tokenizer("household", {"difficulty": "tiny"})
     manager = EnvManager(make_batch("household", difficulty="tiny"), family="household", renderer=compact_renderer)

@@ -1,6 +1,6 @@
 """Token spans: byte table, char-span -> token-mask mapping and value read positions.
 
-The reference for every mask is independent of :mod:`hiper.spans`: the tokenizer's own char offsets
+The reference for every mask is independent of :mod:`hiper.protocol.spans`: the tokenizer's own char offsets
 (``return_offsets_mapping``); a token belongs to a block if its char range overlaps the block's char span.
 """
 
@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from hiper.protocol import format_response, parse_response
-from hiper.spans import SpanBatch, TokenByteTable, token_spans
+from hiper.protocol.spans import SpanBatch, TokenByteTable, token_spans
 
 SHARED = Path(os.environ.get("HIPER_SHARED", Path(__file__).resolve().parents[1].parent / "shared"))
 QWEN = SHARED / "models" / "qwen2.5-instruct-tokenizer"
@@ -157,7 +157,7 @@ def test_canonical_response_masks_and_v_low(qwen):
     assert tok.decode(ids[:v_low]) == "<switch>SWITCH</switch>\n<subgoal>find the apple.</subgoal>\n"
     assert tok.decode(ids[v_low:]).startswith("<action>")
     assert int(sb.v_high_pos[0]) == 0 and not sb.action_fallback[0]
-    assert sb.is_boundary.tolist() == [True] and sb.valid.tolist() == [True]
+    assert sb.switch.tolist() == [True] and sb.valid.tolist() == [True]
 
 
 @needs_qwen
@@ -347,7 +347,7 @@ def test_lazy_canonical_rows_equal_the_eager_parse(qwen):
     sb = token_spans(table, ids)
     eager = [parse_response(t) for t in texts]
     assert list(sb.parsed) == eager and sb.parsed[1:3] == eager[1:3]
-    assert sb.is_boundary.tolist() == [p.is_boundary for p in eager] == [True, False, False, False, False, False, True]
+    assert sb.switch.tolist() == [p.switch for p in eager] == [True, False, False, False, False, False, True]
     assert sb.valid.tolist() == [p.valid for p in eager]
     for r, p in enumerate(eager):  # the masks cover exactly the tokens overlapping the parser's char spans
         offs = tok(texts[r], add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]

@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import copy
-import io
 import math
 
 import pytest
 import torch
 
-from hiper.trainer import ppo
-from hiper.trainer.demo import household_tokenizer
-from hiper.trainer.trainer import Trainer
+from hiper import losses as ppo
+from hiper.config import ConfigError, HiperConfig
+from hiper.models.tokenizer import household_tokenizer
+from hiper.trainer import algorithm, forward
+from hiper.trainer.trainer import Trainer, as_config
 
 
 def tiny_config(estimator: str = "hae", **sections) -> dict:
@@ -22,8 +23,7 @@ def tiny_config(estimator: str = "hae", **sections) -> dict:
                 "eval_episodes": 2, "prompt": "compact", "train_pool_size": 64},
         "model": {"tiny": {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1,
                            "num_attention_heads": 2, "num_key_value_heads": 1}, "tokenizer": "builtin"},
-        "critic": {"enabled": estimator in ("hae", "gae"), "n_heads": 3 if estimator == "hae" else 1,
-                   "lr": 1e-3, "cliprange_value": 0.5},
+        "critic": {"enabled": estimator in ("hae", "gae"), "lr": 1e-3, "cliprange_value": 0.5},
         "actor": {"lr": 1e-3, "kl_coef": 0.01, "entropy_coeff": 0.001, "mini_batch_size": 6, "micro_batch_size": 4,
                   "invalid_action_penalty_coef": 0.1},
         "rollout": {"temperature": 1.0, "max_new_tokens": 12, "eval_temperature": 0.0},
@@ -53,18 +53,18 @@ def _params(trainer: Trainer) -> dict[str, torch.Tensor]:
 def test_one_iteration_per_estimator(estimator: str, tokenizer) -> None:
     trainer = Trainer(tiny_config(estimator), tokenizer=tokenizer)
     metrics = trainer.iteration()
-    batch = trainer.last_batch
-    assert batch is not None and len(batch) == metrics["perf/turn_samples"] > 0
-    assert batch.advantages.shape == batch.response_ids.shape
-    assert torch.isfinite(batch.advantages).all()
-    assert not (batch.loss_mask & ~batch.response_mask).any()  # loss only on generated tokens
+    batch, targets = trainer.last.batch, trainer.last.targets
+    assert len(batch) == metrics["perf/turn_samples"] > 0
+    assert targets.advantages.shape == batch.response_ids.shape
+    assert torch.isfinite(targets.advantages).all()
+    assert not (targets.loss_mask & ~batch.response_mask).any()  # loss only on generated tokens
     assert metrics["actor/steps"] >= 1 and metrics["actor/skipped_steps"] == 0
     assert math.isfinite(metrics["actor/pg_loss"])
     if estimator == "hae":
-        assert set(batch.returns) == {"low", "high", "term"}
+        assert set(targets.returns) == {"low", "high", "term"}
         assert "critic/value_loss_low" in metrics and math.isfinite(metrics["critic/value_loss_low"])
     elif estimator == "gae":
-        assert set(batch.returns) == {"turn"}
+        assert set(targets.returns) == {"turn"}
     else:
         assert trainer.critic is None
     for key in ("time/generate", "time/env", "time/critic", "time/advantage", "time/update", "train/success",
@@ -72,7 +72,7 @@ def test_one_iteration_per_estimator(estimator: str, tokenizer) -> None:
         assert key in metrics, key
 
 
-def test_resume_is_bit_identical(tokenizer) -> None:
+def test_resume_is_bit_identical(tokenizer, tmp_path) -> None:
     cfg = tiny_config("hae")
     straight = Trainer(cfg, tokenizer=tokenizer)
     for _ in range(4):
@@ -81,11 +81,9 @@ def test_resume_is_bit_identical(tokenizer) -> None:
     first = Trainer(cfg, tokenizer=tokenizer)
     for _ in range(2):
         first.iteration()
-    buf = io.BytesIO()
-    torch.save(first.state_dict(), buf)  # what a checkpoint writer does
-    buf.seek(0)
+    path = first.save_checkpoint(str(tmp_path))  # the one persistence path: a checkpoint folder
     resumed = Trainer(copy.deepcopy(cfg), tokenizer=tokenizer)
-    resumed.load_state_dict(torch.load(buf, weights_only=False))
+    resumed.load_checkpoint(path)
     assert resumed.iteration_count == 2
     for _ in range(2):
         resumed.iteration()
@@ -97,8 +95,8 @@ def test_resume_is_bit_identical(tokenizer) -> None:
     # and the next iteration computes bit-identical advantages
     straight.iteration()
     resumed.iteration()
-    assert torch.equal(straight.last_batch.advantages, resumed.last_batch.advantages)
-    assert torch.equal(straight.last_batch.response_ids, resumed.last_batch.response_ids)
+    assert torch.equal(straight.last.targets.advantages, resumed.last.targets.advantages)
+    assert torch.equal(straight.last.batch.response_ids, resumed.last.batch.response_ids)
 
 
 def test_nan_loss_leaves_weights_untouched(tokenizer, monkeypatch) -> None:
@@ -146,7 +144,7 @@ def test_alfworld_one_iteration() -> None:
 
     if not alfworld_data_available():
         pytest.skip("ALFWorld game files not found (see docs/envs_alfworld.md)")
-    from hiper.trainer.models import build_demo_tokenizer
+    from hiper.models.tokenizer import build_demo_tokenizer
 
     tok = build_demo_tokenizer(["<switch>KEEP</switch><subgoal>go</subgoal><action>look</action>"] * 4 +
                                ["You are in the middle of a room. go to cabinet 1, take apple 1 from fridge 1"] * 4,
@@ -179,12 +177,26 @@ def test_resume_through_checkpoint_folder(tokenizer, tmp_path) -> None:
 
 def test_rollout_logprobs_match_teacher_forced(tokenizer) -> None:
     """The engine's log-probs (used with actor.use_rollout_logprobs) equal the teacher-forced pass."""
-    from hiper.trainer.turn_batch import TurnBatch
+    from hiper.batch import TurnBatch
 
     trainer = Trainer(tiny_config("grpo"), tokenizer=tokenizer)
-    trajs, _ = trainer.rollout(trainer.manager, trainer.tasks_for_iteration(0), 1, 1.0, seed=5)
+    trajs, _ = algorithm.rollout(trainer.config, trainer.learner(), trainer.manager("train"),
+                                 trainer.tasks_for_iteration(0), 1, 1.0, seed=5)
     batch = TurnBatch.from_trajectories(trajs, trainer.table, trainer.pad_id)
     assert batch.rollout_logprobs is not None
-    recomputed = trainer.compute_logprobs(batch, trainer.policy)
+    recomputed = forward.logprobs(batch, trainer.policy, 4, 1.0, trainer.device)
     m = batch.response_mask
     assert torch.allclose(batch.rollout_logprobs[m], recomputed[m], atol=1e-4)
+
+
+def test_dict_config_goes_through_the_schema() -> None:
+    """``Trainer(dict)`` and ``hiper train`` read the same typed config: missing keys take the schema's defaults
+    (no second set of defaults), unknown keys and bad values are refused the same way."""
+    cfg = as_config({"actor": {"lr": 3e-4}})
+    assert cfg.actor.lr == 3e-4
+    assert cfg.critic.lr == HiperConfig().critic.lr and cfg.sft.epochs == HiperConfig().sft.epochs
+    assert cfg.actor.invalid_action_penalty_coef == HiperConfig().actor.invalid_action_penalty_coef
+    with pytest.raises(ConfigError, match="unknown config key 'actor.lrr'"):
+        Trainer({"actor": {"lrr": 1e-3}})
+    with pytest.raises(ConfigError, match="actor.lr=-1.0 must be > 0"):
+        Trainer({"actor": {"lr": -1.0}})

@@ -7,14 +7,9 @@ import importlib.util
 import pytest
 import torch
 
-from hiper.trainer.models import (
-    build_demo_tokenizer,
-    build_policy,
-    make_reference,
-    resolve_dtype,
-    response_logprobs,
-    split_gguf,
-)
+from hiper.config import LoraConfig, ModelConfig
+from hiper.models.policy import build_policy, make_reference, resolve_dtype, response_logprobs
+from hiper.models.tokenizer import build_demo_tokenizer, split_gguf
 
 TINY = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1, "num_attention_heads": 2,
         "num_key_value_heads": 1}
@@ -27,21 +22,21 @@ def tok():
 
 
 def test_tiny_policy_dtype_and_determinism(tok) -> None:
-    a = build_policy({"tiny": TINY, "dtype": "float32"}, tok, seed=1)
-    b = build_policy({"tiny": TINY, "dtype": "float32"}, tok, seed=1)
-    c = build_policy({"tiny": TINY, "dtype": "bf16"}, tok, seed=1)
+    a = build_policy(ModelConfig(tiny=TINY, dtype="float32"), tok, seed=1)
+    b = build_policy(ModelConfig(tiny=TINY, dtype="float32"), tok, seed=1)
+    c = build_policy(ModelConfig(tiny=TINY, dtype="bf16"), tok, seed=1)
     assert all(torch.equal(x, y) for x, y in zip(a.parameters(), b.parameters()))
     assert next(c.parameters()).dtype == torch.bfloat16
     assert a.config.vocab_size == len(tok)
     with pytest.raises(ValueError):
         resolve_dtype("float8")
     with pytest.raises(ValueError, match="tiny"):
-        build_policy({"tiny": None, "path": None}, tok)
+        build_policy(ModelConfig(tiny=None, path=None), tok)
 
 
 def test_gradient_checkpointing_gives_same_logprobs(tok) -> None:
-    plain = build_policy({"tiny": TINY}, tok, seed=2)
-    ckpt = build_policy({"tiny": TINY, "gradient_checkpointing": True}, tok, seed=2)
+    plain = build_policy(ModelConfig(tiny=TINY), tok, seed=2)
+    ckpt = build_policy(ModelConfig(tiny=TINY, gradient_checkpointing=True), tok, seed=2)
     assert any(getattr(m, "gradient_checkpointing", False) for m in ckpt.modules())
     ids = torch.tensor([[5, 6, 7, 8, 9, 10]])
     mask = torch.ones_like(ids)
@@ -54,7 +49,7 @@ def test_gradient_checkpointing_gives_same_logprobs(tok) -> None:
 
 
 def test_left_padding_does_not_change_logprobs(tok) -> None:
-    model = build_policy({"tiny": TINY}, tok, seed=3)
+    model = build_policy(ModelConfig(tiny=TINY), tok, seed=3)
     ids = torch.tensor([[5, 6, 7, 8, 9]])
     padded = torch.tensor([[tok.pad_token_id, tok.pad_token_id, 5, 6, 7, 8, 9]])
     pmask = torch.tensor([[0, 0, 1, 1, 1, 1, 1]])
@@ -64,7 +59,7 @@ def test_left_padding_does_not_change_logprobs(tok) -> None:
 
 
 def test_reference_is_frozen_copy(tok) -> None:
-    model = build_policy({"tiny": TINY}, tok, seed=4)
+    model = build_policy(ModelConfig(tiny=TINY), tok, seed=4)
     ref = make_reference(model)
     assert not any(p.requires_grad for p in ref.parameters())
     with torch.no_grad():
@@ -73,7 +68,7 @@ def test_reference_is_frozen_copy(tok) -> None:
 
 
 def test_lora(tok) -> None:
-    cfg = {"tiny": TINY, "lora": {"enabled": True, "r": 4, "alpha": 8, "target_modules": ["q_proj", "v_proj"]}}
+    cfg = ModelConfig(tiny=TINY, lora=LoraConfig(enabled=True, r=4, alpha=8, target_modules=["q_proj", "v_proj"]))
     if importlib.util.find_spec("peft") is None:
         with pytest.raises(ImportError, match="peft"):
             build_policy(cfg, tok)

@@ -9,11 +9,13 @@ from typing import Any
 import pytest
 import torch
 
-from hiper.protocol import Switch, chat_prompt, format_response
-from hiper.trainer import sft
-from hiper.trainer.demo import household_tokenizer
-from hiper.trainer.trainer import SWITCH_CONTINUATIONS, Trainer
-from hiper.trainer.turn_batch import TurnBatch, keep_continuation, keep_continuation_ids
+from hiper.batch import TurnBatch, keep_continuation_ids
+from hiper.config import ConfigError, estimator_config
+from hiper.models.tokenizer import household_tokenizer
+from hiper.protocol import SWITCH_CONTINUATIONS, Switch, chat_prompt, format_response, keep_continuation
+from hiper.trainer import algorithm, forward, sft
+from hiper.trainer.algorithm import Scores, Targets
+from hiper.trainer.trainer import Trainer
 
 
 def paper_config(mode: str = "paper", **sections: dict) -> dict:
@@ -51,7 +53,7 @@ def any_tok(request: pytest.FixtureRequest) -> Any:
 def expert_batch(trainer: Trainer, n_tasks: int = 3) -> tuple[TurnBatch, list[Any], list[Any]]:
     """Expert episodes (canonical KEEP copies and SWITCH turns) tokenized like engine rollouts."""
     tok = trainer.tokenizer
-    trajs = sft.expert_trajectories(trainer.manager, trainer.tasks_for_iteration(0)[:n_tasks])
+    trajs = sft.expert_trajectories(trainer.manager("train"), trainer.tasks_for_iteration(0)[:n_tasks])
     records = []
     for traj in trajs:
         for rec in traj.turns:
@@ -62,7 +64,7 @@ def expert_batch(trainer: Trainer, n_tasks: int = 3) -> tuple[TurnBatch, list[An
 
 
 def is_exact_keep(rec: Any) -> bool:
-    return rec.parsed.switch is Switch.KEEP and rec.response.startswith(keep_continuation(rec.current_subgoal))
+    return rec.parsed.decision is Switch.KEEP and rec.response.startswith(keep_continuation(rec.current_subgoal))
 
 
 def test_keep_continuation_is_the_canonical_keep_prefix(any_tok) -> None:
@@ -76,8 +78,15 @@ def test_keep_continuation_is_the_canonical_keep_prefix(any_tok) -> None:
     assert last in (">\n", "</subgoal>"), last
 
 
+def beta_of(trainer: Trainer, batch: TurnBatch) -> torch.Tensor:
+    cont = forward.switch_continuation_ids(trainer.tokenizer, trainer.pad_id)
+    cfg = trainer.config
+    return forward.switch_prob(batch, trainer.policy, cont, cfg.actor.micro_batch_size, cfg.rollout.temperature,
+                               trainer.device)
+
+
 def _table(tok: Any) -> Any:
-    from hiper.spans import TokenByteTable
+    from hiper.protocol.spans import TokenByteTable
 
     return TokenByteTable.from_tokenizer(tok)
 
@@ -88,7 +97,7 @@ def test_beta_matches_a_plain_forward(any_tok) -> None:
     temperature = 0.7
     trainer = Trainer(paper_config(rollout={"temperature": temperature}), tokenizer=any_tok)
     batch, _, _ = expert_batch(trainer)
-    beta = trainer.compute_switch_prob(batch)
+    beta = beta_of(trainer, batch)
     assert beta.shape == (len(batch),)
     assert bool(((beta >= 0) & (beta <= 1)).all())
     assert float(beta.std()) > 0  # it depends on the prompt
@@ -113,12 +122,12 @@ def test_low_keep_equals_main_low_on_exact_keep_turns(any_tok, critic_mode: str)
     with torch.no_grad():  # values of order 1, so that equal / different is a meaningful check
         trainer.critic.value_head.weight.mul_(100.0)
     batch, records, trajs = expert_batch(trainer)
-    batch.attach_keep_continuations(any_tok, trainer.table, TurnBatch.current_subgoals(trajs))
-    values = trainer.compute_values(batch)
+    batch = batch.with_keep_continuations(any_tok, trainer.table, trajs)
+    values = forward.values(batch, trainer.critic, trainer.config.critic.micro_batch_size, trainer.device)
     assert set(values) == {"low", "high", "low_keep"}
 
     keep_rows = [i for i, r in enumerate(records) if is_exact_keep(r)]
-    switch_rows = [i for i, r in enumerate(records) if r.parsed.is_boundary and r.subgoal != r.current_subgoal]
+    switch_rows = [i for i, r in enumerate(records) if r.parsed.switch and r.subgoal != r.current_subgoal]
     assert keep_rows and switch_rows
     for i in keep_rows:  # same tokens up to the read position as the main pass
         k = int(batch.keep_mask[i].sum())
@@ -139,12 +148,12 @@ def test_low_keep_equals_main_low_on_exact_keep_turns(any_tok, critic_mode: str)
         assert float(values["low_keep"][i]) == pytest.approx(float(expected), abs=1e-4)
 
 
-def _check_switch_advantage(trainer: Trainer, batch: TurnBatch) -> None:
+def _check_switch_advantage(batch: TurnBatch, scores: Scores, targets: Targets) -> None:
     """Raw per-turn switch advantage = (q - beta)(VH - VL_keep); tokens of the switch block carry it whitened."""
-    q = batch.boundary.float()
-    v = batch.old_values
-    expected = (q - batch.switch_prob) * (v["high"] - v["low_keep"])
-    assert torch.allclose(batch.turn_advantages["switch"], expected, atol=1e-6)
+    q = batch.switch.float()
+    v = scores.values
+    expected = (q - scores.beta) * (v["high"] - v["low_keep"])
+    assert torch.allclose(targets.turn_advantages["switch"], expected, atol=1e-6)
     has_span = batch.switch_mask.any(1)
     if int(has_span.sum()) >= 2:
         raw = expected[has_span]
@@ -154,31 +163,27 @@ def _check_switch_advantage(trainer: Trainer, batch: TurnBatch) -> None:
         for j, i in enumerate(rows.tolist()):
             tok = only_switch[i]
             if bool(tok.any()):
-                assert torch.allclose(batch.advantages[i, tok], white[j].expand(int(tok.sum())), atol=1e-4)
-            assert bool((batch.loss_mask[i] >= batch.switch_mask[i]).all())
+                assert torch.allclose(targets.advantages[i, tok], white[j].expand(int(tok.sum())), atol=1e-4)
+            assert bool((targets.loss_mask[i] >= batch.switch_mask[i]).all())
 
 
 def test_paper_mode_advantages_on_expert_turns(household_tok) -> None:
     """KEEP and SWITCH turns (q = 0 and 1) through the trainer's advantage step."""
     trainer = Trainer(paper_config(), tokenizer=household_tok)
-    trainer.setup_rl()
     batch, _, trajs = expert_batch(trainer)
-    batch.old_logprobs = trainer.compute_logprobs(batch, trainer.policy)
-    batch.switch_prob = trainer.compute_switch_prob(batch)
-    batch.attach_keep_continuations(household_tok, trainer.table, TurnBatch.current_subgoals(trajs))
-    batch.old_values = trainer.compute_values(batch)
-    metrics = trainer.compute_advantages(batch)
-    assert bool(batch.boundary.any()) and bool((~batch.boundary).any())
-    _check_switch_advantage(trainer, batch)
-    assert set(batch.returns) == {"low", "high"}
+    batch, scores = algorithm.score(trainer.config, trainer.learner(), batch, trajs)
+    targets, metrics = algorithm.advantages(trainer.config, batch, scores)
+    assert bool(batch.switch.any()) and bool((~batch.switch).any())
+    _check_switch_advantage(batch, scores, targets)
+    assert set(targets.returns) == {"low", "high"}
     for key in ("switch/beta_mean", "switch/gain_abs_mean", "switch/adv_raw_mean", "switch/adv_raw_std",
                 "switch/beta_on_switch", "switch/beta_on_keep", "switch/low_keep_gap_exact"):
         assert math.isfinite(metrics[key]), key
-    v = batch.old_values
+    v = scores.values
     assert metrics["switch/gain_abs_mean"] == pytest.approx(float((v["high"] - v["low_keep"]).abs().mean()), rel=1e-5)
     # the expert's KEEP copies are exact: VL_keep = VL there
     exact = batch.exact_keep()
-    assert torch.equal(exact, ~batch.boundary & (batch.turn_index > 0))
+    assert torch.equal(exact, ~batch.switch & (batch.turn_index > 0))
     assert metrics["switch/keep_exact_rate"] == pytest.approx(float(exact.float().mean()))
     assert metrics["switch/low_keep_gap_exact"] < 1e-5
 
@@ -190,12 +195,13 @@ def test_paper_mode_training_run(household_tok) -> None:
     assert trainer.paper_mode
     history = trainer.train()
     assert len(history) == 2 and trainer.critic is not None and trainer.critic.heads == ("low", "high")
-    batch = trainer.last_batch
-    assert batch.switch_prob is not None and "low_keep" in batch.old_values
-    _check_switch_advantage(trainer, batch)
+    last = trainer.last
+    batch = last.batch
+    assert last.scores.beta is not None and "low_keep" in last.scores.values
+    _check_switch_advantage(batch, last.scores, last.targets)
     # o_{t-1} is the subgoal the prompt showed (the manager's current subgoal; "None" until one is adopted,
     # carried over unchanged through invalid turns)
-    records = [rec for traj in trainer.manager.trajectories() for rec in traj.turns]
+    records = [rec for traj in trainer.manager("train").trajectories() for rec in traj.turns]
     assert len(records) == len(batch) and batch.prev_subgoals[0] == "None"
     for g, rec in zip(batch.prev_subgoals, records):
         assert f"subgoal: {g}\n" in rec.prompt
@@ -210,23 +216,21 @@ def test_paper_mode_training_run(household_tok) -> None:
 def test_code_mode_is_unchanged(household_tok) -> None:
     trainer = Trainer(paper_config("code"), tokenizer=household_tok)
     metrics = trainer.iteration()
-    batch = trainer.last_batch
+    last = trainer.last
     assert trainer.critic.heads == ("low", "high", "term")
-    assert batch.switch_prob is None and batch.keep_ids is None and "low_keep" not in batch.old_values
+    assert last.scores.beta is None and last.batch.keep_ids is None and "low_keep" not in last.scores.values
     assert not any(k.startswith("switch/") for k in metrics) and "time/switch_prob" not in metrics
-    assert set(batch.returns) == {"low", "high", "term"}
-    with pytest.raises(ValueError, match="switch_mode=code needs the term head"):
-        Trainer(paper_config("code", critic={"n_heads": 2}), tokenizer=household_tok).setup_rl()
-    with pytest.raises(ValueError, match="switch_mode must be"):
+    assert set(last.targets.returns) == {"low", "high", "term"}
+    with pytest.raises(ConfigError, match="algorithm.hae.switch_mode must be one of"):
         Trainer(paper_config("papr"), tokenizer=household_tok)
 
 
 def test_typed_config_runs_paper_mode() -> None:
-    from hiper.trainer.config import load_config
+    from hiper.config import load_config
 
-    cfg = load_config("cpu_demo", ["algorithm.hae.switch_mode=paper", "critic.n_heads=2"])
+    cfg = load_config("cpu_demo", ["algorithm.hae.switch_mode=paper"])
     assert cfg.algorithm.hae.switch_mode == "paper"
     trainer = Trainer(cfg)
     trainer.setup_rl()
     assert trainer.paper_mode and trainer.critic.heads == ("low", "high")
-    assert trainer.advantage_config().switch_mode == "paper"
+    assert estimator_config(cfg).switch_mode == "paper"

@@ -19,8 +19,13 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
 from hiper import advantage  # noqa: E402
-from hiper.envs import make_env, task_panel  # noqa: E402
-from hiper.envs.manager import EnvManager, InProcessBatch  # noqa: E402
+from hiper.advantage.from_batch import to_rows, turn_mask  # noqa: E402
+from hiper.batch import TurnBatch  # noqa: E402
+from hiper.envs import (  # noqa: E402
+    InProcessBatch,  # noqa: E402
+    make_env,
+    task_panel,
+)
 from hiper.integrations.verl import agent_loop as al  # noqa: E402
 from hiper.integrations.verl.advantage import compute_row_advantages, estimator_config  # noqa: E402
 from hiper.integrations.verl.convert import (  # noqa: E402
@@ -35,11 +40,11 @@ from hiper.integrations.verl.convert import (  # noqa: E402
     turn_batch_to_rows,
 )
 from hiper.integrations.verl.losses import gather_head_values, position_value_loss  # noqa: E402
+from hiper.losses import value_loss_terms  # noqa: E402
 from hiper.protocol import chat_prompt, format_response  # noqa: E402
+from hiper.protocol.spans import TokenByteTable  # noqa: E402
+from hiper.rollout.manager import EnvManager  # noqa: E402
 from hiper.rollout.policies import ExpertPolicy  # noqa: E402
-from hiper.spans import TokenByteTable  # noqa: E402
-from hiper.trainer.ppo import value_loss_terms  # noqa: E402
-from hiper.trainer.turn_batch import TurnBatch  # noqa: E402
 
 MAX_TURNS = 6
 
@@ -251,7 +256,7 @@ def test_session_malformed_and_inconsistent_turns(tokenizer: Any, table: Any) ->
     assert len(rows) == 4
     bad = rows[1].extra_fields
     assert not bad["valid"] and not bad["masks"]["subgoal"] and bad["action_fallback"]
-    assert rows[2].extra_fields["keep_inconsistent"] and not rows[2].extra_fields["boundary"]
+    assert rows[2].extra_fields["keep_inconsistent"] and not rows[2].extra_fields["switch"]
     assert (
         rows[-1].extra_fields["truncated"] and rows[-1].extra_fields["reward_extra_info"]["truncated"] == 1.0
     )
@@ -409,8 +414,8 @@ def _reference(rows: VerlRows, name: str, config: Any, heads: int = 1) -> tuple[
     keys: dict[str, int] = {}
     sid = torch.tensor([keys.setdefault(k, len(keys)) for k in batch.state_keys])
     inputs = advantage.AdvantageInputs(
-        rewards=pad(batch.rewards), dones=pad(batch.dones, False), turn_mask=batch.turn_mask(),
-        switch=pad(batch.boundary, False), valid=pad(batch.valid, True),
+        rewards=pad(batch.rewards), dones=pad(batch.dones, False), turn_mask=turn_mask(batch),
+        switch=pad(batch.switch, False), valid=pad(batch.valid, True),
         keep_inconsistent=pad(batch.keep_inconsistent, False), group=batch.group, state_id=pad(sid, -1),
         # spec 3.9: subgoal / switch advantages are whitened over the turns that have those spans
         has_subgoal_span=pad(batch.subgoal_mask.any(1), False), has_switch_span=pad(batch.switch_mask.any(1), False),
@@ -439,7 +444,8 @@ def test_advantage_step_equals_hiper_advantage(group_rows: VerlRows, name: str) 
         assert torch.allclose(res.advantages[r], tok[b, :n].float(), atol=1e-6)
         assert torch.equal(res.loss_mask[r], mask[b, :n])
     # the value targets are hiper's returns at the head positions, trained on hiper's value masks
-    unp = batch.flat
+    def unp(padded: Any) -> Any:
+        return to_rows(batch, padded)
     for h, c in (("low", 0), ("high", 1), ("term", 2)):
         key = "turn" if name == "gae" and h == "high" else h
         if key not in out.returns:
@@ -459,7 +465,7 @@ def test_hae_bootstraps_across_turns_and_three_head_values(group_rows: VerlRows)
     cfg = advantage.HAEConfig(norm_adv=False)
     res = compute_row_advantages(rows, "hae", cfg, critic_heads=3)
     batch, index, out, _ = _reference(rows, "hae", cfg, heads=3)
-    raw = batch.flat(out.adv_action)
+    raw = to_rows(batch, out.adv_action)
     assert torch.allclose(res.output.adv_action, out.adv_action)
     # a turn's action advantage depends on later turns' values: change the next boundary's V_high and it moves
     vals2 = [v.clone() for v in rows.values]
@@ -487,10 +493,13 @@ def test_estimator_config_mapping() -> None:
         False,
     )
     assert cfg.invalid_penalty == 0.1
+    # a baseline reads only its own section: HAE's KEEP shaping does not leak into it (as in the built-in trainer)
     grpo = estimator_config(
         "grpo", {"hae": {"lam_seg": 0.9, "keep_penalty": -0.3}, "grpo": {"norm_by_std": False}}
     )
-    assert grpo.keep_penalty == -0.3 and grpo.norm_by_std is False
+    assert grpo.keep_penalty == 0.0 and grpo.norm_by_std is False
+    grpo = estimator_config("grpo", {"grpo": {"keep_penalty": -0.3}})
+    assert grpo.keep_penalty == -0.3
     with pytest.raises(ValueError, match="lam_sge"):
         estimator_config("hae", {"hae": {"lam_sge": 0.9}})
 

@@ -15,6 +15,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, fields
 
+from hiper.settings import setting
+
 KEEP_PENALTY_MODES = ("fixed", "normalized", "last_step")
 SWITCH_MODES = ("code", "paper")
 GIGPO_MODES = ("mean_norm", "mean_std_norm")
@@ -70,13 +72,21 @@ class ShapingConfig:
         switch_rate_floor_coef: weight of that penalty (>= 0).
     """
 
-    keep_penalty: float = 0.0
-    keep_penalty_mode: str = "normalized"
-    keep_penalty_skip_first: bool = False
-    keep_consistency_penalty: float = 0.0
-    invalid_penalty: float = 0.0
-    switch_rate_floor: float = 0.0
-    switch_rate_floor_coef: float = 0.0
+    keep_penalty: float = setting(0.0, "kappa added to KEEP turns' rewards (<= 0; 0 = off)",
+                                  "spec §3.2; paper ALFWorld -0.3, WebShop -3.5")
+    keep_penalty_mode: str = setting("normalized", "spread of kappa: normalized (kappa/T per KEEP turn), fixed "
+                                     "(kappa per KEEP turn), last_step (kappa*m/T on the final turn)",
+                                     "spec §3.2 (HEAD: normalized; CODE-INIT: last_step)")
+    keep_penalty_skip_first: bool = setting(False, "exclude turn 0 from the KEEP count (and from T when normalized)",
+                                            "spec §3.2, CODE-INIT option")
+    keep_consistency_penalty: float = setting(0.0, "kappa_c added to KEEP turns whose subgoal text changed (<= 0)",
+                                              "spec §3.2; paper -0.3")
+    invalid_penalty: float = setting(0.0, "c_inv subtracted on invalid-format turns (>= 0)", "spec §3.2; paper 0.1",
+                                     set_by="actor.invalid_action_penalty_coef")
+    switch_rate_floor: float = setting(0.0, "CODE-INIT episode penalty when the switch rate is below this floor "
+                                       "(0 = off)", "spec §3.2, CODE-INIT (removed in HEAD)")
+    switch_rate_floor_coef: float = setting(0.0, "weight of the switch-rate floor penalty (>= 0)",
+                                            "spec §3.2, CODE-INIT")
 
     def __post_init__(self) -> None:
         _check_types(self)
@@ -120,12 +130,15 @@ class HAEConfig(ShapingConfig):
             ``get("hae")``, not by the raw ``hae()`` function.
     """
 
-    gamma: float = 1.0
-    lam: float = 1.0
-    lam_seg: float = 0.95
-    bootstrap_truncated: bool = True
-    switch_mode: str = "code"
-    norm_adv: bool = True
+    gamma: float = setting(1.0, "discount per turn, in (0, 1]", "paper 1.0 (spec §4.1)", set_by="algorithm.gamma")
+    lam: float = setting(1.0, "lambda of the low-level (within-segment) GAE", "paper 1.0 (spec §4.1)",
+                         set_by="algorithm.lam")
+    lam_seg: float = setting(0.95, "lambda of the high-level (segment, SMDP) GAE", "paper 0.95 (spec §3.6)")
+    bootstrap_truncated: bool = setting(True, "bootstrap a truncated last segment from the critic (else 0)",
+                                        "spec §3.5; official ALFWorld True, WebShop False")
+    switch_mode: str = setting("code", "switch advantage: code (GT - VT, 3 heads) or paper ((q - beta)(VH - VL_keep))",
+                               "spec §3.7 / §7.1")
+    norm_adv: bool = setting(True, "whiten each advantage type over its turns", "spec §3.9")
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -144,11 +157,13 @@ class GAEConfig(ShapingConfig):
     defaults to ``"fixed"``: the official baselines add the KEEP penalty to every KEEP turn (spec §4.3).
     """
 
-    keep_penalty_mode: str = "fixed"
-    gamma: float = 1.0
-    lam: float = 1.0
-    bootstrap_truncated: bool = False
-    norm_adv: bool = True
+    keep_penalty_mode: str = setting("fixed", "spread of kappa (see HAEConfig); the baselines charge each KEEP turn",
+                                     "spec §4.3")
+    gamma: float = setting(1.0, "discount per turn, in (0, 1]", "paper 1.0 (spec §4.1)", set_by="algorithm.gamma")
+    lam: float = setting(1.0, "GAE lambda", "paper 1.0 (spec §4.1)", set_by="algorithm.lam")
+    bootstrap_truncated: bool = setting(False, "bootstrap a truncated last turn from its own value (else 0)",
+                                        "official turn_gae bootstraps 0 (spec §4.3)")
+    norm_adv: bool = setting(True, "whiten the advantages over valid turns", "spec §4.3")
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -168,10 +183,12 @@ class GRPOConfig(ShapingConfig):
             ``compute_mean_std_cross_steps=True``).
     """
 
-    keep_penalty_mode: str = "fixed"
-    norm_by_std: bool = True
-    eps: float = 1e-6
-    group_stats: str = "trajectory"
+    keep_penalty_mode: str = setting("fixed", "spread of kappa (see HAEConfig); the baselines charge each KEEP turn",
+                                     "spec §4.3")
+    norm_by_std: bool = setting(True, "divide by the group std (else only centre)", "verl default True")
+    eps: float = setting(1e-6, "added to the group std", "verl 1e-6")
+    group_stats: str = setting("trajectory", "group statistics per trajectory or turn-weighted (turn)",
+                               "paper: trajectory; verl-agent compute_mean_std_cross_steps: turn")
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -184,7 +201,8 @@ class GRPOConfig(ShapingConfig):
 class RLOOConfig(ShapingConfig):
     """RLOO: episode return minus the mean return of the other trajectories of its group (spec §4.3)."""
 
-    keep_penalty_mode: str = "fixed"
+    keep_penalty_mode: str = setting("fixed", "spread of kappa (see HAEConfig); the baselines charge each KEEP turn",
+                                     "spec §4.3")
 
 
 @dataclass(kw_only=True)
@@ -200,12 +218,14 @@ class GiGPOConfig(ShapingConfig):
         group_stats: episode-level statistics per trajectory or per turn, as in ``GRPOConfig``.
     """
 
-    keep_penalty_mode: str = "fixed"
-    gamma: float = 0.95
-    step_advantage_w: float = 1.0
-    mode: str = "mean_norm"
-    eps: float = 1e-6
-    group_stats: str = "trajectory"
+    keep_penalty_mode: str = setting("fixed", "spread of kappa (see HAEConfig); the baselines charge each KEEP turn",
+                                     "spec §4.3")
+    gamma: float = setting(0.95, "discount of the step-level return-to-go", "official GiGPO 0.95 (spec §4.3)")
+    step_advantage_w: float = setting(1.0, "weight of the step-level (anchor-state) advantage", "official 1.0")
+    mode: str = setting("mean_norm", "normalisation of both levels: mean_norm or mean_std_norm", "official mean_norm")
+    eps: float = setting(1e-6, "added to the std", "verl 1e-6")
+    group_stats: str = setting("trajectory", "episode-level statistics per trajectory or turn-weighted (turn)",
+                               "paper: trajectory; verl-agent: turn")
 
     def __post_init__(self) -> None:
         super().__post_init__()

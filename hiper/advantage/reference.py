@@ -10,6 +10,7 @@ path; outputs are float64 tensors in the same layout.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 
@@ -18,7 +19,7 @@ from hiper.advantage.config import GAEConfig, GiGPOConfig, GRPOConfig, HAEConfig
 Tensor = torch.Tensor
 
 
-def _rows(turn_mask: Tensor, *tensors: Tensor | None) -> list[tuple[int, list[list]]]:
+def _rows(turn_mask: Tensor, *tensors: Tensor | None) -> list[tuple[int, list[Any]]]:
     """Per trajectory: (T_i, [python list of the first T_i entries of each tensor])."""
     out = []
     for i in range(turn_mask.shape[0]):

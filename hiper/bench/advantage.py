@@ -4,13 +4,13 @@ The batch mimics one official ALFWorld iteration: 128 trajectories of 1..50 turn
 response a Plan-Execute response (about 5% malformed) tokenized with the real Qwen2.5 tokenizer plus ``<|im_end|>``.
 Timed (median of ``--repeats`` runs after warm-up, milliseconds):
 
-* ``masks_ms``: ``hiper.spans.token_spans`` -- parse + action/subgoal/switch token masks + value read positions;
+* ``masks_ms``: ``hiper.protocol.spans.token_spans`` -- parse + action/subgoal/switch token masks + value read positions;
 * ``hae_ms``: ``hiper.advantage.hae`` on the padded ``[128, 50]`` layout;
 * ``estimator_ms``: ``get("hae")`` -- shaping + HAE + per-role whitening + metrics;
 * ``token_level_ms``: ``unpad`` of the three role advantages + ``to_token_level`` to ``[B, L]``;
 * ``reference_ms``: ``hiper.advantage.reference.reference_hae`` (per-turn Python loop; slow by design).
 
-The spans part reports ``null`` (with ``masks_skipped`` saying why) when ``hiper.spans`` or the tokenizer is
+The spans part reports ``null`` (with ``masks_skipped`` saying why) when ``hiper.protocol.spans`` or the tokenizer is
 missing. Tokenizer path: ``--tokenizer``, else ``$HIPER_SHARED/models/qwen2.5-instruct-tokenizer`` with
 ``HIPER_SHARED`` defaulting to ``<repo>/../shared``.
 """
@@ -30,6 +30,8 @@ import torch
 
 from hiper.advantage import AdvantageInputs, HAEConfig, get, hae, pad_turns, to_token_level, unpad
 from hiper.advantage.reference import reference_hae
+from hiper.protocol import format_response
+from hiper.protocol.spans import TokenByteTable, token_spans
 
 TARGETS_MS = {"masks_ms": 15.0, "hae_ms": 6.0}  # targets on the 2-core dev machine (official: 750 / 310 ms)
 
@@ -96,8 +98,6 @@ def _median_ms(fn: Callable[[], Any], repeats: int, warmup: int = 2) -> float:
 def synthetic_responses(n_turns: int, rng: random.Random) -> list[str]:
     """Plan-Execute responses for ``n_turns`` turns: ~70% KEEP, ~5% malformed (no action tags, garbage switch,
     missing subgoal), ALFWorld-like subgoal and action text."""
-    from hiper.protocol import format_response
-
     out = []
     for _ in range(n_turns):
         obj, place = rng.choice(_OBJECTS), f"{rng.choice(_PLACES)} {rng.randint(1, 12)}"
@@ -174,27 +174,22 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     tok_path = Path(args.tokenizer) if args.tokenizer else default_tokenizer_path()
     spans = None
     result.update({"masks_ms": None, "table_build_ms": None, "tokenizer": str(tok_path)})
-    try:
-        from hiper.spans import TokenByteTable, token_spans
-    except ImportError as exc:  # the spans module is optional for this benchmark
-        result["masks_skipped"] = f"hiper.spans not importable: {exc}"
+    if not (tok_path / "tokenizer.json").exists() and not (tok_path / "tokenizer_config.json").exists():
+        result["masks_skipped"] = f"tokenizer not found at {tok_path} (set --tokenizer or HIPER_SHARED)"
     else:
-        if not (tok_path / "tokenizer.json").exists() and not (tok_path / "tokenizer_config.json").exists():
-            result["masks_skipped"] = f"tokenizer not found at {tok_path} (set --tokenizer or HIPER_SHARED)"
-        else:
-            tok, ids, resp_mask = _tokenize(tok_path, texts)
-            t0 = time.perf_counter()
-            table = TokenByteTable.from_tokenizer(tok)
-            result["table_build_ms"] = (time.perf_counter() - t0) * 1e3
-            result["masks_ms"] = _median_ms(lambda: token_spans(table, ids, resp_mask), args.repeats)
-            spans = token_spans(table, ids, resp_mask)
-            result["response_tokens_mean"] = float(resp_mask.sum(dim=1).float().mean())
-            result["response_tokens_max"] = int(resp_mask.shape[1])
-            # the trainer-side switch flag comes from the parsed tokens
-            flat_switch = spans.is_boundary
-            batch["switch"] = pad_turns(
-                flat_switch, batch["traj_index"], batch["turn_index"], *mask.shape, fill=False
-            )
+        tok, ids, resp_mask = _tokenize(tok_path, texts)
+        t0 = time.perf_counter()
+        table = TokenByteTable.from_tokenizer(tok)
+        result["table_build_ms"] = (time.perf_counter() - t0) * 1e3
+        result["masks_ms"] = _median_ms(lambda: token_spans(table, ids, resp_mask), args.repeats)
+        spans = token_spans(table, ids, resp_mask)
+        result["response_tokens_mean"] = float(resp_mask.sum(dim=1).float().mean())
+        result["response_tokens_max"] = int(resp_mask.shape[1])
+        # the trainer-side switch flag comes from the parsed tokens
+        flat_switch = spans.switch
+        batch["switch"] = pad_turns(
+            flat_switch, batch["traj_index"], batch["turn_index"], *mask.shape, fill=False
+        )
 
     # ---- HAE (fast path), the full estimator, token broadcast ----
     cfg = HAEConfig(keep_penalty=-0.3, keep_consistency_penalty=-0.3, invalid_penalty=0.1)

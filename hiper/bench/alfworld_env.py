@@ -16,6 +16,11 @@ import random
 import time
 from typing import Any
 
+from hiper.envs import env_class, make_env
+from hiper.envs.alfworld import AlfWorldEnv
+from hiper.envs.data import alfworld_json_dir
+from hiper.envs.pool import EnvPool
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2], help="worker counts to compare")
@@ -50,9 +55,6 @@ def measure_pool_rss(
     Episodes cycle over the split's tasks, ``n_slots`` at a time. Returns the samples
     ``[(episodes_done, [rss per worker])]`` and the growth from the first full wave to the end.
     """
-    from hiper.envs import env_class, make_env
-    from hiper.envs.pool import EnvPool
-
     tasks = env_class(env).tasks(split)
     factory = functools.partial(make_env, env, **env_kwargs)
     samples: list[tuple[int, list[float]]] = []
@@ -90,9 +92,6 @@ def measure_pool_rss(
 
 
 def _measure(n_workers: int, args: argparse.Namespace, data_dir: Any) -> dict[str, float]:
-    from hiper.envs.alfworld import AlfWorldEnv
-    from hiper.envs.pool import EnvPool
-
     tasks = AlfWorldEnv.tasks(args.split, n=args.slots, seed=args.seed)
     factory = functools.partial(AlfWorldEnv, data_dir=data_dir, expert_plan=not args.no_expert_plan)
     rng = random.Random(args.seed)
@@ -124,8 +123,6 @@ def _measure(n_workers: int, args: argparse.Namespace, data_dir: Any) -> dict[st
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    from hiper.envs.data import alfworld_json_dir
-
     if args.memory_episodes:
         kwargs: dict[str, Any] = {}
         if args.env == "alfworld":

@@ -12,7 +12,7 @@ request ``i`` seeded ``seed + i``) then go to:
     the params are built before the clock starts;
 (b) ``ours_engine``: :meth:`hiper.rollout.vllm_engine.VLLMEngine.generate` (params built per call,
     log-prob extraction and checks, finish-reason mapping, ``text`` decoding);
-(c) ``ours_loop``: the rollout loop the trainer runs -- :class:`~hiper.envs.manager.EnvManager` +
+(c) ``ours_loop``: the rollout loop the trainer runs -- :class:`~hiper.rollout.manager.EnvManager` +
     :class:`~hiper.rollout.policies.EnginePolicy` over the same engine, ``--loop-turns`` turns on fresh
     resets of the same tasks (env steps, parsing, rendering and chat templating included). Its prompts
     are the loop's own, so it is compared with (a) by rate only;
@@ -26,8 +26,8 @@ from the outputs on both sides; the summary flags ``token_count_mismatch`` when 
 totals differing by more than ``--token-tolerance`` (relative). With the same per-request seeds vLLM
 normally samples the same tokens on both sides; ``--temperature 0`` makes them fully comparable.
 
-Without a GPU: ``--dry-run`` swaps vLLM for :class:`ScriptedLLM` (canned protocol responses, no model) so
-the whole pipeline can be checked on a CPU; its numbers say nothing about vLLM and ``goal_met`` is null.
+Without a GPU the tests check the whole pipeline with a scripted stand-in for ``vllm.LLM`` (``tests/fakes.py``,
+passed as ``run(args, stand_in=...)``); its numbers say nothing about vLLM and ``goal_met`` is null.
 ``--model random:<preset>`` builds a random-weight Qwen2 of a known shape (``tiny``, ``qwen2.5-0.5b``,
 ``qwen2.5-1.5b``) with ``--tokenizer``'s vocabulary in a temporary folder, for GPU machines that cannot
 download weights; random weights rarely write ``</action>`` or EOS, so most responses run to the cap.
@@ -49,6 +49,23 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from hiper.envs import ENV_FAMILIES, make_batch, task_panel
+from hiper.envs.data import DataNotFoundError
+from hiper.protocol import chat_prompt
+from hiper.rollout.engine import encode_prompts
+from hiper.rollout.hf import HFEngine
+from hiper.rollout.loop import LoopStats, run_episodes
+from hiper.rollout.manager import EnvManager
+from hiper.rollout.policies import EnginePolicy, ExpertPolicy
+from hiper.rollout.records import TurnRecord
+from hiper.rollout.vllm_engine import (
+    SamplingSpec,
+    VLLMBackend,
+    VLLMEngine,
+    generation_eos_token_ids,
+    vllm_sampling_kwargs,
+)
 
 GOAL = 0.9  # ours_vs_raw the issue asks for
 STOP = ("</action>",)
@@ -112,12 +129,6 @@ def build_prompts(
     """``n`` protocol prompts from real env states: task ``i`` of ``split``'s panel is reset and played by
     the expert for ``depth_i ~ U{0..max_depth}`` turns (seeded); its next prompt is chat-templated with
     ``tokenizer`` and encoded (no special tokens added: the template carries them)."""
-    from hiper.envs import ENV_FAMILIES, task_panel
-    from hiper.envs.manager import EnvManager, make_batch
-    from hiper.protocol import chat_prompt
-    from hiper.rollout.engine import encode_prompts
-    from hiper.rollout.policies import ExpertPolicy
-
     if n < 1:
         raise ValueError(f"n_prompts must be >= 1, got {n}")
     if max_depth < 0:
@@ -211,8 +222,6 @@ def raw_sampling_params(
     """The ``SamplingParams`` list :class:`~hiper.rollout.vllm_engine.VLLMBackend` would send for ``n``
     prompts (``vllm_sampling_kwargs``, stop ``</action>``, EOS ids as stop tokens, request ``i`` seeded
     ``seed + i``), built directly so the raw side runs none of the engine's code while timed."""
-    from hiper.rollout.vllm_engine import SamplingSpec, vllm_sampling_kwargs
-
     spec = SamplingSpec(
         temperature=float(temperature), top_p=1.0, max_new_tokens=int(max_new_tokens), stop=STOP,
         stop_token_ids=tuple(int(i) for i in eos_token_ids), seed=seed,
@@ -295,42 +304,29 @@ def time_loop(
     apart (``reset_seconds``) and not in ``seconds``. ``extra``: ``engine_seconds`` (inside
     ``engine.generate``), ``policy_seconds`` (+ chat template and tokenization), ``env_seconds`` (rendering,
     parsing, env steps), ``env_share`` (= env_seconds / seconds), ``turns`` (env turns stepped)."""
-    from hiper.rollout.policies import EnginePolicy
-
     timed = _TimedEngine(engine)
     policy = EnginePolicy(timed, tokenizer, temperature=temperature, max_new_tokens=max_new_tokens, stop=STOP)
-    t0 = time.perf_counter()
-    manager.reset(list(tasks))
-    reset_seconds = time.perf_counter() - t0
     if llm is not None:
         _reset_prefix_cache(llm)
     responses: list[list[int]] = []
     reasons: Counter = Counter()
-    policy_seconds = env_seconds = 0.0
-    turns = 0
+
+    def on_turn(records: list[TurnRecord]) -> None:
+        for r in records:
+            responses.append(list(r.extras["response_ids"]))
+            reasons[r.extras["finish_reason"]] += 1
+
+    stats = LoopStats()
     t_start = time.perf_counter()
-    while manager.active:
-        t = time.perf_counter()
-        requests = manager.requests()
-        env_seconds += time.perf_counter() - t
-        t = time.perf_counter()
-        texts, extras = policy.act_with_extras(requests)
-        policy_seconds += time.perf_counter() - t
-        t = time.perf_counter()
-        manager.step(texts, extras)
-        env_seconds += time.perf_counter() - t
-        turns += len(requests)
-        for e in extras.values():
-            responses.append(list(e["response_ids"]))
-            reasons[e["finish_reason"]] += 1
-    seconds = time.perf_counter() - t_start
+    run_episodes(manager, policy, list(tasks), on_turn=on_turn, stats=stats)
+    seconds = time.perf_counter() - t_start - stats.reset_s
     extra = {
-        "reset_seconds": reset_seconds,
+        "reset_seconds": stats.reset_s,
         "engine_seconds": timed.seconds,
-        "policy_seconds": policy_seconds,
-        "env_seconds": env_seconds,
-        "env_share": env_seconds / max(seconds, 1e-9),
-        "turns": float(turns),
+        "policy_seconds": stats.policy_s,
+        "env_seconds": stats.env_s,
+        "env_share": stats.env_s / max(seconds, 1e-9),
+        "turns": float(stats.turns),
         "engine_tokens_per_s": sum(len(r) for r in responses) / max(timed.seconds, 1e-9),
     }
     return Run(seconds, responses, reasons, extra)
@@ -434,10 +430,6 @@ def bench_rollout(
         hf_engine: an :class:`~hiper.rollout.hf.HFEngine` to add measurement (d).
         info: fields added to every record (model, device ...).
     """
-    from hiper.envs import ENV_FAMILIES
-    from hiper.envs.manager import EnvManager, make_batch
-    from hiper.rollout.vllm_engine import VLLMBackend, VLLMEngine
-
     if repeats < 1:
         raise ValueError(f"repeats must be >= 1, got {repeats}")
     if max_new_tokens < 1:
@@ -523,133 +515,8 @@ def bench_rollout(
 
 
 # --------------------------------------------------------------------------------------------------
-# stand-ins and model loading
+# model loading
 # --------------------------------------------------------------------------------------------------
-
-
-@dataclass
-class _Logprob:
-    logprob: float
-
-
-@dataclass
-class _Completion:
-    token_ids: list[int]
-    logprobs: list[dict[int, _Logprob]] | None
-    finish_reason: str
-    stop_reason: str | int | None
-    text: str
-
-
-@dataclass
-class _RequestOutput:
-    prompt_token_ids: list[int]
-    outputs: list[_Completion]
-
-
-class ScriptedSamplingParams:
-    """Stand-in for ``vllm.SamplingParams``: keeps the keyword arguments as attributes and, like vLLM,
-    refuses names it does not know."""
-
-    FIELDS = frozenset({
-        "n", "temperature", "top_p", "top_k", "max_tokens", "stop", "stop_token_ids", "include_stop_str_in_output",
-        "logprobs", "skip_special_tokens", "detokenize", "seed",
-    })  # fmt: skip
-
-    def __init__(self, **kwargs: Any) -> None:
-        unknown = set(kwargs) - self.FIELDS
-        if unknown:
-            raise TypeError(f"SamplingParams got unexpected arguments {sorted(unknown)}")
-        self.seed: int | None = None
-        self.stop: list[str] = []
-        self.stop_token_ids: list[int] = []
-        self.__dict__.update(kwargs)
-
-    def as_dict(self) -> dict[str, Any]:
-        return dict(sorted(self.__dict__.items()))
-
-
-class ScriptedLLM:
-    """Stand-in for ``vllm.LLM`` with vLLM's output semantics and no model (``--dry-run``, CPU tests).
-
-    Each prompt gets one of a few canned protocol responses (some with text after ``</action>``, one that
-    rambles past any cap, one cut before ``</action>`` by the first ``stop_token_ids`` entry), chosen from a hash of the
-    prompt ids (greedy) or of ``(seed, prompt ids)`` (sampling). The response is tokenized and cut the way
-    vLLM cuts it: at ``max_tokens`` (``finish_reason="length"``), after the token completing a stop string
-    (kept, ``stop_reason`` = the string), or at a ``stop_token_ids`` id (kept, ``stop_reason`` = the id).
-    Every call is recorded in ``calls`` as ``(prompt ids, SamplingParams list)``.
-    """
-
-    ACTIONS = ("look", "inventory", "go to countertop 1", "open fridge 1", "examine drawer 2", "take mug 1")
-
-    def __init__(self, tokenizer: Any) -> None:
-        self.tokenizer = tokenizer
-        self.calls: list[tuple[list[list[int]], list[Any]]] = []
-        self.prefix_cache_resets = 0
-
-    def reset_prefix_cache(self) -> bool:
-        self.prefix_cache_resets += 1
-        return True
-
-    def _script(self, prompt: Sequence[int], sp: Any) -> tuple[list[int], bool]:
-        key = hashlib.sha1(json.dumps(list(prompt)).encode()).hexdigest()
-        rng = random.Random(key if not sp.temperature else f"{sp.seed}-{key}")
-        action = rng.choice(self.ACTIONS)
-        kind = rng.choice(("tail", "tail", "clean", "ramble", "eos"))
-        body = f"<switch>SWITCH</switch>\n<subgoal>handle {action.split()[-1]}</subgoal>\n"
-        if kind == "ramble":
-            text = body + " ".join(["thinking about the room"] * 80)
-        elif kind == "eos":  # ends before writing </action>, so the EOS id is what stops it
-            text = body + f"<action>{action}"
-        else:
-            text = body + f"<action>{action}</action>" + ("\nand then some words" if kind == "tail" else "")
-        ids = self.tokenizer.encode(text, add_special_tokens=False)
-        add_eos = kind == "eos" and bool(sp.stop_token_ids)
-        return (ids + [int(sp.stop_token_ids[0])] if add_eos else ids), add_eos
-
-    def _cut(self, ids: list[int], sp: Any) -> tuple[list[int], str, str | int | None]:
-        cap = int(sp.max_tokens)
-        stops = [int(t) for t in sp.stop_token_ids]
-        hit_tok = next((i for i, t in enumerate(ids[:cap]) if t in stops), None)
-        decode = lambda k: self.tokenizer.decode(ids[:k], skip_special_tokens=True)  # noqa: E731
-        limit = cap if hit_tok is None else hit_tok + 1
-        found = [s for s in sp.stop if s in decode(limit)]
-        if found:  # smallest prefix whose text holds a stop string (monotone in k: binary search)
-            lo, hi = 1, limit
-            while lo < hi:
-                mid = (lo + hi) // 2
-                if any(s in decode(mid) for s in found):
-                    hi = mid
-                else:
-                    lo = mid + 1
-            text = decode(lo)
-            return ids[:lo], "stop", next(s for s in found if s in text)
-        if hit_tok is not None:
-            return ids[: hit_tok + 1], "stop", ids[hit_tok]
-        return ids[:cap], "length", None
-
-    def generate(
-        self, prompts: Sequence[Any], sampling_params: Any = None, use_tqdm: bool = True
-    ) -> list[Any]:
-        if sampling_params is None:
-            raise ValueError("ScriptedLLM needs sampling_params")
-        params = (
-            list(sampling_params)
-            if isinstance(sampling_params, list | tuple)
-            else [sampling_params] * len(prompts)
-        )
-        if len(params) != len(prompts):
-            raise ValueError(f"{len(params)} SamplingParams for {len(prompts)} prompts")
-        ids_list = [list(map(int, p["prompt_token_ids"])) for p in prompts]
-        self.calls.append((ids_list, params))
-        outs = []
-        for prompt, sp in zip(ids_list, params):
-            script, _ = self._script(prompt, sp)
-            toks, finish, reason = self._cut(script, sp)
-            lps = [{t: _Logprob(-1.0)} for t in toks] if sp.logprobs is not None else None
-            text = self.tokenizer.decode(toks, skip_special_tokens=True)
-            outs.append(_RequestOutput(prompt, [_Completion(toks, lps, finish, reason, text)]))
-        return outs
 
 
 def random_model_dir(preset: str, tokenizer: Any, folder: str | Path | None = None, seed: int = 0) -> Path:
@@ -683,8 +550,6 @@ def load_vllm(model: str, **backend_kwargs: Any) -> tuple[Any, Any]:
     (raw log-probs mode, prefix caching); ImportError naming the extra when vLLM is missing."""
     if importlib.util.find_spec("vllm") is None:
         raise ImportError(f"hiper bench rollout needs vLLM: {VLLM_HINT}")
-    from hiper.rollout.vllm_engine import VLLMBackend
-
     backend = VLLMBackend(model, **backend_kwargs)
     return backend.llm, backend._sampling_params_cls
 
@@ -696,7 +561,7 @@ def load_vllm(model: str, **backend_kwargs: Any) -> tuple[Any, Any]:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, help="HF folder or id vLLM loads, or random:<preset> "
-                        f"({', '.join(RANDOM_PRESETS)}); with --dry-run only its tokenizer is used")  # fmt: skip
+                        f"({', '.join(RANDOM_PRESETS)})")  # fmt: skip
     parser.add_argument("--tokenizer", default=None, help="tokenizer folder (default: --model)")
     parser.add_argument("--env", default="household", choices=["household", "alfworld", "webshop"])
     parser.add_argument("--split", default="train")
@@ -716,9 +581,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-model-len", type=int, default=None)
     parser.add_argument("--enforce-eager", action="store_true", help="vLLM without CUDA graphs")
     parser.add_argument("--hf", action="store_true", help="also time HFEngine (d) on the same ids")
-    parser.add_argument(
-        "--dry-run", action="store_true", help="ScriptedLLM instead of vLLM (CPU pipeline check)"
-    )
 
 
 def _device_info() -> dict[str, Any]:
@@ -739,16 +601,18 @@ def _device_info() -> dict[str, Any]:
     return info
 
 
-def run(args: argparse.Namespace) -> dict[str, Any]:
+def run(args: argparse.Namespace, stand_in: Callable[[Any], tuple[Any, Any]] | None = None) -> dict[str, Any]:
     """``hiper bench rollout``: emit the measurement lines and return the summary (printed by the caller).
 
     Missing vLLM or env data ends the command with a one-line message (``SystemExit``), not a traceback.
+    ``stand_in(tokenizer) -> (llm, SamplingParams class)`` replaces vLLM (the tests' scripted LLM: a pipeline
+    check on CPU whose timings mean nothing; the summary then says ``dry_run: true``).
     """
     from transformers import AutoTokenizer
 
-    from hiper.envs.data import DataNotFoundError
 
-    if not args.dry_run and importlib.util.find_spec("vllm") is None:
+    dry_run = stand_in is not None
+    if not dry_run and importlib.util.find_spec("vllm") is None:
         raise SystemExit(f"hiper bench rollout needs vLLM: {VLLM_HINT}")
     is_random = args.model.startswith("random:")
     if is_random and args.tokenizer is None:
@@ -758,11 +622,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     env_kwargs = {"data_dir": args.data_dir} if args.data_dir else {}
     try:
         path = args.model
-        if args.dry_run:
-            llm, spc, eos = ScriptedLLM(tokenizer), ScriptedSamplingParams, None
+        if stand_in is not None:
+            (llm, spc), eos = stand_in(tokenizer), None
         else:
-            from hiper.rollout.vllm_engine import generation_eos_token_ids
-
             path = str(random_model_dir(args.model.split(":", 1)[1], tokenizer)) if is_random else args.model
             llm, spc = load_vllm(
                 path, tokenizer=args.tokenizer or path, gpu_memory_utilization=args.gpu_memory_utilization,
@@ -776,7 +638,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             split=args.split, n_prompts=args.n_prompts, max_new_tokens=args.max_new_tokens, repeats=args.repeats,
             temperature=args.temperature, seed=args.seed, max_depth=args.max_depth, loop_turns=args.loop_turns,
             env_workers=args.env_workers, env_kwargs=env_kwargs, token_tolerance=args.token_tolerance,
-            hf_engine=hf_engine, dry_run=args.dry_run, info=info,
+            hf_engine=hf_engine, dry_run=dry_run, info=info,
         )  # fmt: skip
     except (ImportError, DataNotFoundError) as exc:
         raise SystemExit(f"hiper bench rollout: {exc}") from exc
@@ -787,7 +649,6 @@ def _hf_engine(path: str, args: argparse.Namespace, tokenizer: Any, eos: Sequenc
     import torch
     from transformers import AutoModelForCausalLM
 
-    from hiper.rollout.hf import HFEngine
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.bfloat16).to(device).eval()
@@ -810,8 +671,6 @@ __all__ = [
     "PromptSet",
     "RANDOM_PRESETS",
     "Run",
-    "ScriptedLLM",
-    "ScriptedSamplingParams",
     "add_arguments",
     "bench_rollout",
     "build_prompts",

@@ -12,6 +12,8 @@ import random
 import time
 from typing import Any
 
+from hiper.envs.webshop import WebShopEnv
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--episodes", type=int, default=200, help="episodes to run")
@@ -23,8 +25,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    from hiper.envs.webshop import WebShopEnv
-
     t0 = time.perf_counter()
     env = WebShopEnv(max_steps=args.max_steps, data_dir=args.data_dir, seed=args.seed)
     build_s = time.perf_counter() - t0

@@ -1,56 +1,31 @@
-"""Environment registry: ``make_env(name, **kwargs)`` and ``task_panel(name, split, ...)``.
+"""Text environments: the env interface (:mod:`hiper.envs.base`), the registry (:mod:`hiper.envs.registry`) and
+batch envs (:mod:`hiper.envs.pool`: in-process batch and a fault-tolerant worker pool).
 
-Factories are imported lazily so that ``hiper.envs`` does not import alfworld/textworld or the
-WebShop data unless those envs are asked for.
+``make_env(name, **kwargs)``, ``task_panel(name, split, ...)`` and ``make_batch(name, n_workers, **kwargs)``.
 """
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
-
 from hiper.envs.base import INFO_KEYS, ExpertEnv, ExpertStep, StepResult, TaskSpec, TextEnv, check_info
-
-#: env name -> ("module:EnvClass", prompt family). Each class has ``tasks(split, n=None, seed=0)``
-#: (a classmethod or staticmethod listing its TaskSpecs) and the TextEnv methods.
-ENV_REGISTRY: dict[str, tuple[str, str]] = {
-    "household": ("hiper.envs.household:HouseholdEnv", "household"),
-    "alfworld": ("hiper.envs.alfworld:AlfWorldEnv", "household"),
-    "webshop": ("hiper.envs.webshop:WebShopEnv", "webshop"),
-}
-
-ENV_FAMILIES = {name: family for name, (_, family) in ENV_REGISTRY.items()}
-
-
-def env_class(name: str) -> type:
-    """Return the env class registered as ``name`` (ValueError listing the known names otherwise)."""
-    if name not in ENV_REGISTRY:
-        raise ValueError(f"unknown env {name!r}; known envs: {sorted(ENV_REGISTRY)}")
-    module_name, _, cls_name = ENV_REGISTRY[name][0].partition(":")
-    return getattr(importlib.import_module(module_name), cls_name)
-
-
-def make_env(name: str, **kwargs: Any) -> TextEnv:
-    """Build one env instance of the registered ``name`` with its constructor ``kwargs``."""
-    return env_class(name)(**kwargs)
-
-
-def task_panel(name: str, split: str, n: int | None = None, seed: int = 0, **kwargs: Any) -> list[TaskSpec]:
-    """The fixed, reproducible list of tasks of ``split`` (first ``n`` if given) for env ``name``."""
-    return list(env_class(name).tasks(split, n=n, seed=seed, **kwargs))
-
+from hiper.envs.pool import BatchEnv, EnvPool, InProcessBatch, LocalEnvBatch, make_batch
+from hiper.envs.registry import ENV_FAMILIES, ENV_REGISTRY, env_class, make_env, task_panel
 
 __all__ = [
     "ENV_FAMILIES",
     "ENV_REGISTRY",
     "INFO_KEYS",
+    "BatchEnv",
+    "EnvPool",
     "ExpertEnv",
     "ExpertStep",
+    "InProcessBatch",
+    "LocalEnvBatch",
     "StepResult",
     "TaskSpec",
     "TextEnv",
     "check_info",
     "env_class",
+    "make_batch",
     "make_env",
     "task_panel",
 ]

@@ -1,6 +1,6 @@
 """Batched text envs: a fault-tolerant worker-process pool and an in-process batch with the same API.
 
-Both implement the batch-env API used by :class:`hiper.envs.manager.EnvManager`::
+Both implement the batch-env API used by :class:`hiper.rollout.manager.EnvManager`::
 
     with EnvPool(functools.partial(make_env, "alfworld"), n_workers=2, timeout_s=120) as pool:
         first = pool.reset(tasks)                      # list[(obs, info)]; slot i runs tasks[i]
@@ -33,6 +33,7 @@ so a worker is recycled -- restarted at a reset that restarts all of its episode
 
 from __future__ import annotations
 
+import functools
 import multiprocessing as mp
 import os
 import signal
@@ -41,9 +42,10 @@ import time
 import traceback
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from multiprocessing.connection import wait
-from typing import Any
+from typing import Any, Protocol
 
 from hiper.envs.base import ExpertStep, StepResult, TaskSpec, TextEnv
+from hiper.envs.registry import make_env
 
 #: what ``expert`` returns for a slot whose episode was lost to a worker fault (its next ``step``
 #: reports the truncation).
@@ -359,7 +361,7 @@ class EnvPool:
             for conn in wait(list(conn_of), timeout=timeout):
                 w = conn_of[conn]  # type: ignore[index]
                 try:
-                    msg = conn.recv()  # type: ignore[union-attr]
+                    msg = conn.recv()  # type: ignore[union-attr,call-arg]
                 except (EOFError, OSError):
                     dead[w] = self._workers[w].death_reason()  # type: ignore[union-attr]
                     del conn_of[conn]
@@ -519,3 +521,36 @@ class EnvPool:
                 self.close()
         except Exception:  # noqa: BLE001
             pass
+
+# --------------------------------------------------------------------------------------------------
+# the batch-env API and its factory
+# --------------------------------------------------------------------------------------------------
+
+
+class BatchEnv(Protocol):
+    """The batch-env API the manager needs (implemented by ``EnvPool``, ``LocalEnvBatch``, :class:`InProcessBatch`)."""
+
+    def reset(self, tasks: Sequence[TaskSpec]) -> list[tuple[str, dict[str, Any]]]: ...
+
+    def step(self, actions: Mapping[int, str]) -> dict[int, StepResult]: ...
+
+
+class InProcessBatch(LocalEnvBatch):
+    """:class:`LocalEnvBatch` that can pre-build ``n`` envs: ``InProcessBatch(factory, n)``.
+
+    Slot ``i`` runs ``tasks[i]``; more tasks than envs grows the batch. An exception raised by an
+    env's ``step`` ends that slot's episode truncated with ``truncation_reason="env error: ..."``.
+    """
+
+    def __init__(self, factory: Callable[[], TextEnv], n: int = 0) -> None:
+        super().__init__(factory)
+        self.envs = [factory() for _ in range(n)]
+
+
+def make_batch(env: str, n_workers: int = 0, timeout_s: float = 120.0, **env_kwargs: Any) -> BatchEnv:
+    """A batch env for registered env ``env``: a worker :class:`EnvPool` when ``n_workers > 0``, otherwise an
+    in-process :class:`LocalEnvBatch`."""
+    factory = functools.partial(make_env, env, **env_kwargs)
+    if n_workers > 0:
+        return EnvPool(factory, n_workers=n_workers, timeout_s=timeout_s)
+    return LocalEnvBatch(factory)

@@ -1,9 +1,12 @@
-"""Rollout: generation engines and policies that answer the env manager's turn requests.
+"""Rollout: the turn records, the env manager, THE rollout loop, generation engines and policies.
 
-``GenerationEngine`` / ``GenerationOutput`` (``hiper.rollout.engine``) are the engine interface;
-``HFEngine`` (``hiper.rollout.hf``) implements it with a transformers model; ``hiper.rollout.policies``
-has the expert, random and engine-backed policies. Names are imported lazily so that
-``import hiper.rollout`` does not import torch.
+* ``hiper.rollout.records``: ``TurnRecord``, ``Trajectory``, ``TurnRequest`` (the pipeline's data contract);
+* ``hiper.rollout.manager``: ``EnvManager``, the protocol state machine over a batch env;
+* ``hiper.rollout.loop``: ``episodes`` / ``run_episodes``, the one rollout loop;
+* ``hiper.rollout.engine`` (interface), ``hf`` (``HFEngine``), ``vllm_engine`` (``VLLMEngine``), ``weights``;
+* ``hiper.rollout.policies``: expert, random and engine-backed policies.
+
+Names are imported lazily so that ``import hiper.rollout`` does not import torch.
 """
 
 from __future__ import annotations
@@ -12,6 +15,14 @@ import importlib
 from typing import Any
 
 _LAZY = {
+    "EnvManager": "hiper.rollout.manager",
+    "LoopStats": "hiper.rollout.loop",
+    "Trajectory": "hiper.rollout.records",
+    "TurnRecord": "hiper.rollout.records",
+    "TurnRequest": "hiper.rollout.records",
+    "episode_stats": "hiper.rollout.records",
+    "episodes": "hiper.rollout.loop",
+    "run_episodes": "hiper.rollout.loop",
     "GenerationEngine": "hiper.rollout.engine",
     "GenerationOutput": "hiper.rollout.engine",
     "HFEngine": "hiper.rollout.hf",

@@ -2,7 +2,7 @@
 
 An engine turns a batch of prompts (chat-formatted text, or token ids) into one
 :class:`GenerationOutput` per prompt, in order. The loop (``hiper.rollout.policies.EnginePolicy`` +
-``hiper.envs.manager``) only uses this interface, so a vLLM (or any server) engine can replace
+``hiper.rollout.manager``) only uses this interface, so a vLLM (or any server) engine can replace
 :class:`~hiper.rollout.hf.HFEngine` without touching it.
 
 Log-probability convention (what PPO's ``old_log_probs`` need): ``GenerationOutput.logprobs[i]`` is
@@ -22,6 +22,20 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, runtime_checkable
 
 FinishReason = Literal["stop", "eos", "length"]
+
+
+def derive_seed(*parts: int) -> int:
+    """A 63-bit seed derived deterministically from integers (splitmix-style mixing).
+
+    Every random choice of a run is drawn from a generator seeded by ``derive_seed(run_seed, stage, k)``, never
+    from a hidden global stream, so a run resumed at iteration ``k`` continues bit for bit.
+    """
+    x = 0x9E3779B97F4A7C15
+    for p in parts:
+        x ^= (int(p) + 0x9E3779B97F4A7C15 + ((x << 6) & 0xFFFFFFFFFFFFFFFF) + (x >> 2)) & 0xFFFFFFFFFFFFFFFF
+        x = (x * 0xBF58476D1CE4E5B9) & 0xFFFFFFFFFFFFFFFF
+        x ^= x >> 31
+    return x & 0x7FFFFFFFFFFFFFFF
 
 
 @dataclass
@@ -96,4 +110,4 @@ def encode_prompts(tokenizer: Any, prompts: Sequence[str] | Sequence[Sequence[in
     return [list(p) for p in ids]
 
 
-__all__ = ["FinishReason", "GenerationEngine", "GenerationOutput", "check_sampling_args", "encode_prompts"]
+__all__ = ["FinishReason", "GenerationEngine", "GenerationOutput", "check_sampling_args", "derive_seed", "encode_prompts"]

@@ -1,9 +1,9 @@
-"""Policies that answer :class:`~hiper.envs.manager.TurnRequest` s with protocol responses.
+"""Policies that answer :class:`~hiper.rollout.records.TurnRequest` s with protocol responses.
 
 A policy has ``act(requests) -> dict[slot, response_text]``. Policies that produce token-level data
 (engine policies) also have ``act_with_extras(requests) -> (responses, extras)`` where
 ``extras[slot]`` holds ``prompt_ids``, ``response_ids``, ``logprobs`` and ``finish_reason``;
-:func:`hiper.envs.manager.run_episodes` prefers it and stores the extras in the turn records.
+:func:`hiper.rollout.loop.run_episodes` prefers it and stores the extras in the turn records.
 """
 
 from __future__ import annotations
@@ -12,7 +12,10 @@ import random
 from collections.abc import Sequence
 from typing import Any, Protocol, runtime_checkable
 
-from hiper.envs.manager import TurnRequest
+from hiper.protocol.grammar import Switch, format_response
+from hiper.protocol.prompts import chat_prompt
+from hiper.rollout.engine import GenerationEngine, derive_seed
+from hiper.rollout.records import TurnRequest
 
 
 @runtime_checkable
@@ -32,12 +35,6 @@ class BasePolicy:
         return self.act(requests), {}
 
 
-def _switch_enum() -> Any:
-    from hiper.protocol import Switch
-
-    return Switch
-
-
 def write_response(switch: Any, subgoal: str, action: str) -> str:
     """:func:`hiper.protocol.format_response`, or the same three blocks written verbatim when it refuses.
 
@@ -45,8 +42,6 @@ def write_response(switch: Any, subgoal: str, action: str) -> str:
     copied from a product title). A scripted policy must still act, so the blocks are written as is
     and the parser records the turn as invalid (``errors`` says why) while the env gets the action.
     """
-    from hiper.protocol import format_response
-
     try:
         return format_response(switch, subgoal, action)
     except ValueError:
@@ -57,7 +52,7 @@ def write_response(switch: Any, subgoal: str, action: str) -> str:
 class ExpertPolicy(BasePolicy):
     """Follows the env's expert/oracle and writes well-formed protocol responses.
 
-    ``source`` is an :class:`~hiper.envs.manager.EnvManager` or a batch env with ``expert(slots)``.
+    ``source`` is an :class:`~hiper.rollout.manager.EnvManager` or a batch env with ``expert(slots)``.
     The response is ``SWITCH`` when the expert's subgoal differs from the current subgoal (always at
     turn 0, where there is none) and ``KEEP`` otherwise, so the expert's KEEPs are always consistent.
     """
@@ -68,7 +63,7 @@ class ExpertPolicy(BasePolicy):
         self.source = source
 
     def act(self, requests: Sequence[TurnRequest]) -> dict[int, str]:
-        switch = _switch_enum()
+        switch = Switch
         steps = self.source.expert([r.slot for r in requests])
         out = {}
         for r in requests:
@@ -95,7 +90,7 @@ class RandomPolicy(BasePolicy):
         self.switch_prob = switch_prob
 
     def act(self, requests: Sequence[TurnRequest]) -> dict[int, str]:
-        switch = _switch_enum()
+        switch = Switch
         out = {}
         for r in requests:
             action = self.rng.choice(r.admissible) if r.admissible else "look"
@@ -116,20 +111,24 @@ class EnginePolicy(BasePolicy):
     (:func:`hiper.protocol.chat_prompt`, a fresh single-user-message prompt per turn, spec §2.2) and
     all active envs are generated in one batch. ``extras[slot]`` gets ``prompt_ids``,
     ``response_ids``, ``logprobs`` (see :class:`~hiper.rollout.engine.GenerationOutput`) and
-    ``finish_reason``.
+    ``finish_reason``. With ``seed`` set, call ``k`` of this policy samples with the seed
+    ``derive_seed(seed, k)``, so a rollout is a pure function of (weights, tasks, seed).
     """
 
     def __init__(
         self,
-        engine: Any,
+        engine: GenerationEngine,
         tokenizer: Any,
         temperature: float = 1.0,
         top_p: float = 1.0,
         max_new_tokens: int = 128,
         stop: Sequence[str] = ("</action>",),
         chat: bool = True,
+        seed: int | None = None,
     ) -> None:
         self.engine = engine
+        self.seed = seed
+        self.calls = 0
         self.tokenizer = tokenizer
         self.temperature = temperature
         self.top_p = top_p
@@ -141,8 +140,6 @@ class EnginePolicy(BasePolicy):
         """The chat-formatted prompt text of each request."""
         if not self.chat:
             return [r.prompt for r in requests]
-        from hiper.protocol import chat_prompt
-
         return [chat_prompt(self.tokenizer, r.prompt) for r in requests]
 
     def act_with_extras(
@@ -150,12 +147,15 @@ class EnginePolicy(BasePolicy):
     ) -> tuple[dict[int, str], dict[int, dict[str, Any]]]:
         if not requests:
             return {}, {}
+        seed = {} if self.seed is None else {"seed": derive_seed(self.seed, self.calls)}
+        self.calls += 1
         outputs = self.engine.generate(
             self.prompts(requests),
             temperature=self.temperature,
             top_p=self.top_p,
             max_new_tokens=self.max_new_tokens,
             stop=self.stop,
+            **seed,
         )
         responses, extras = {}, {}
         for r, o in zip(requests, outputs):

@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
 from hiper.rollout.engine import FinishReason, GenerationOutput, check_sampling_args, encode_prompts
+from hiper.rollout.weights import has_lora, merged_state_dict
 
 __all__ = [
     "BackendOutput",
@@ -148,11 +149,9 @@ def named_tensors(weights: Any) -> list[tuple[str, Any]]:
     state dict, or an iterable of pairs. Names are HF checkpoint names (what ``load_weights`` expects).
 
     A peft LoRA module is sent merged (``W + B A * alpha / r``) under its base model's HF names
-    (:func:`hiper.trainer.models.merged_state_dict`); raw adapter tensors (``.lora_A.`` / ``.base_layer.``
+    (:func:`hiper.rollout.weights.merged_state_dict`); raw adapter tensors (``.lora_A.`` / ``.base_layer.``
     names, which vLLM cannot load) are refused with an error."""
     if hasattr(weights, "state_dict") and callable(weights.state_dict):
-        from hiper.trainer.models import has_lora, merged_state_dict
-
         weights = merged_state_dict(weights) if has_lora(weights) else weights.state_dict()
     pairs = [(str(k), v) for k, v in weights.items()] if isinstance(weights, dict) else list(weights)
     for p in pairs:
@@ -161,7 +160,7 @@ def named_tensors(weights: Any) -> list[tuple[str, Any]]:
         if ".lora_" in p[0] or ".base_layer." in p[0]:
             raise ValueError(
                 f"{p[0]!r} is a peft LoRA name vLLM cannot load: pass the peft model itself (merged "
-                "automatically) or hiper.trainer.models.merged_state_dict(model)"
+                "automatically) or hiper.rollout.weights.merged_state_dict(model)"
             )
     return pairs
 
@@ -433,8 +432,3 @@ class VLLMEngine:
             )
         return outputs
 
-
-if __name__ == "__main__":  # pragma: no cover - the benchmark moved to hiper.bench.rollout
-    from hiper.bench.rollout import main
-
-    raise SystemExit(main())

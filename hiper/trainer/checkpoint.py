@@ -33,6 +33,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from hiper.config.loader import parse_yaml, save_resolved
+from hiper.models.tokenizer import load_tokenizer
+from hiper.rollout.weights import merged_state_dict
+
 CHECKPOINTS = "checkpoints"
 LATEST = "latest"
 TRAINER_STATE = "trainer_state.pt"
@@ -191,8 +195,6 @@ def _save_model(model: nn.Module, folder: Path) -> None:
     """
     folder.mkdir(parents=True, exist_ok=True)
     if hasattr(model, "peft_config") and hasattr(model, "get_base_model"):
-        from hiper.trainer.models import merged_state_dict
-
         model.get_base_model().save_pretrained(str(folder), state_dict=merged_state_dict(model))
         model.save_pretrained(str(folder / LORA_ADAPTER_DIR))
     elif hasattr(model, "save_pretrained"):
@@ -328,8 +330,6 @@ def save_checkpoint(
 
 def _save_config(config: Any, path: Path) -> None:
     if hasattr(config, "to_dict"):
-        from hiper.trainer.config import save_resolved
-
         save_resolved(config, path)
     else:
         import yaml
@@ -390,8 +390,6 @@ def load_checkpoint(
         restore_rng_state(state["rng"], generators)
     config = None
     if (path / CONFIG_FILE).is_file():
-        from hiper.trainer.config import parse_yaml
-
         config = parse_yaml((path / CONFIG_FILE).read_text())
     return {
         "path": path,
@@ -419,25 +417,9 @@ def policy_dir(path: str | os.PathLike[str]) -> Path:
 
 
 def load_tokenizer_dir(folder: str | os.PathLike[str]) -> Any:
-    """Load a saved tokenizer exactly as it was saved (left padding, pad token set).
-
-    Why not ``AutoTokenizer``: transformers 5 maps ``model_type="qwen2"`` folders to ``Qwen2Tokenizer``, which
-    rebuilds its own pre-tokenizer from vocab + merges and so silently re-tokenizes a code-built tokenizer (the
-    CPU demo's) differently. ``tokenizer.json`` is loaded verbatim instead when present.
-    """
-    folder = Path(folder)
-    if (folder / "tokenizer.json").is_file():
-        from transformers import PreTrainedTokenizerFast
-
-        tok = PreTrainedTokenizerFast.from_pretrained(str(folder))
-    else:
-        from transformers import AutoTokenizer
-
-        tok = AutoTokenizer.from_pretrained(str(folder))
-    if tok.pad_token_id is None:
-        tok.pad_token = tok.eos_token
-    tok.padding_side = "left"
-    return tok
+    """Load a saved tokenizer exactly as it was saved (left padding, pad token set); see
+    :func:`hiper.models.tokenizer.load_tokenizer` (``tokenizer.json`` is loaded verbatim)."""
+    return load_tokenizer(str(folder))
 
 
 def load_policy(path: str | os.PathLike[str], dtype: torch.dtype | None = None) -> tuple[nn.Module, Any]:

@@ -17,8 +17,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from hiper.config import HiperConfig, config_to_yaml, save_resolved
+from hiper.trainer.checkpoint import save_checkpoint
 from hiper.trainer.cli_train import add_common_arguments, make_logger, resolve_config
-from hiper.trainer.config import HiperConfig, config_to_yaml, save_resolved
+from hiper.trainer.trainer import Trainer
 
 EXIT_INTERRUPTED = 130
 
@@ -29,9 +31,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run_sft(cfg: HiperConfig, logger: Any) -> Path:
     """Build the trainer core's ``Trainer``, run its SFT stage, save the ``sft`` checkpoint; return its path."""
-    from hiper.trainer.checkpoint import save_checkpoint
-    from hiper.trainer.trainer import Trainer
-
     trainer = Trainer(cfg, logger=logger)
     trainer.sft()
     return save_checkpoint(

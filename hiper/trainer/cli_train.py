@@ -2,7 +2,7 @@
 
 ::
 
-    hiper train                                        # the CPU demo (cpu_demo preset = demo.DEMO_CONFIG)
+    hiper train                                        # the CPU demo (the cpu_demo preset)
     hiper train --config alfworld_qwen2.5_1.5b env.n_envs=64 algorithm.hae.keep_penalty=-0.5
     hiper train --config my.yaml --output-dir runs/x   # a user file (may start with ``base: <preset>``)
     hiper train --resume                               # continue from <output_dir>/checkpoints/latest
@@ -25,7 +25,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from hiper.trainer.config import (
+from hiper.config import (
     ConfigError,
     HiperConfig,
     config_to_yaml,
@@ -33,6 +33,10 @@ from hiper.trainer.config import (
     load_config,
     save_resolved,
 )
+from hiper.trainer import demo
+from hiper.trainer.checkpoint import latest_checkpoint
+from hiper.trainer.logging import MetricLogger, plot_learning_curve
+from hiper.trainer.trainer import Trainer
 
 EXIT_CONFIG_ERROR = 2
 EXIT_INTERRUPTED = 130
@@ -88,8 +92,6 @@ def _quote(value: str) -> str:
 
 def make_logger(cfg: HiperConfig) -> Any:
     """The run's :class:`~hiper.trainer.logging.MetricLogger` from ``cfg.trainer``."""
-    from hiper.trainer.logging import MetricLogger
-
     return MetricLogger(
         cfg.output_dir,
         backends=cfg.trainer.logger,
@@ -101,8 +103,6 @@ def make_logger(cfg: HiperConfig) -> Any:
 
 def resume_path(cfg: HiperConfig) -> Path | None:
     """The checkpoint to resume from: ``trainer.resume`` as a folder, or the latest one for ``auto``."""
-    from hiper.trainer.checkpoint import latest_checkpoint
-
     if cfg.trainer.resume is None:
         return None
     if cfg.trainer.resume == "auto":
@@ -112,8 +112,6 @@ def resume_path(cfg: HiperConfig) -> Path | None:
 
 def run_training(cfg: HiperConfig, logger: Any, resume_from: Path | None) -> Any:
     """Hand the validated config to the trainer core: ``Trainer(cfg, logger=...)``, resume, ``train()``."""
-    from hiper.trainer.trainer import Trainer
-
     trainer = Trainer(cfg, logger=logger)
     if resume_from is not None:
         load = getattr(trainer, "load_checkpoint", None)
@@ -132,15 +130,11 @@ def is_demo_run(args: argparse.Namespace, cfg: HiperConfig) -> bool:
 def run_demo(cfg: HiperConfig, logger: Any) -> Any:
     """The CPU demo through :func:`hiper.trainer.demo.run_demo`: prints the before/after table, writes
     ``learning_curve.png`` and ``demo_result.json`` to ``cfg.output_dir``."""
-    from hiper.trainer import demo
-
-    return demo.run_demo(cfg, output_dir=cfg.output_dir, logger=logger)
+    return demo.run_demo(cfg, logger=logger)
 
 
 def plot_curve(cfg: HiperConfig) -> Path | None:
     """``<output_dir>/learning_curve.png`` from ``metrics.jsonl`` (None when there is nothing to plot)."""
-    from hiper.trainer.logging import plot_learning_curve
-
     metrics = Path(cfg.output_dir) / "metrics.jsonl"
     if not metrics.is_file():
         return None

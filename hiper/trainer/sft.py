@@ -16,8 +16,14 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from hiper.trainer import ppo
-from hiper.trainer.models import response_logprobs
+from hiper.envs.base import TaskSpec
+from hiper.losses import masked_sum, safe_step
+from hiper.models.policy import backbone_and_head, hidden_states, response_logprobs
+from hiper.protocol.prompts import chat_prompt
+from hiper.rollout.loop import run_episodes
+from hiper.rollout.manager import EnvManager
+from hiper.rollout.policies import ExpertPolicy
+from hiper.rollout.records import Trajectory
 
 
 @dataclass
@@ -28,20 +34,15 @@ class SFTExample:
     response_ids: list[int]
 
 
-def expert_trajectories(manager: Any, tasks: Sequence[Any]) -> list[Any]:
+def expert_trajectories(manager: EnvManager, tasks: Sequence[TaskSpec]) -> list[Trajectory]:
     """Roll out the env's expert on ``tasks`` through ``manager`` (prompts rendered as in RL)."""
-    from hiper.envs.manager import run_episodes
-    from hiper.rollout.policies import ExpertPolicy
-
     return run_episodes(manager, ExpertPolicy(manager), tasks)
 
 
 def examples_from_trajectories(
-    trajectories: Sequence[Any], tokenizer: Any, max_turns_per_episode: int | None = None
+    trajectories: Sequence[Trajectory], tokenizer: Any, max_turns_per_episode: int | None = None
 ) -> list[SFTExample]:
     """Tokenise every turn: chat-templated prompt ids, response ids followed by the EOS token."""
-    from hiper.protocol import chat_prompt
-
     out = []
     eos = tokenizer.eos_token_id
     for traj in trajectories:
@@ -81,7 +82,7 @@ def nll_sum(model: nn.Module, examples: Sequence[SFTExample], pad_id: int) -> tu
     """(sum of response-token NLL, number of response tokens) of one batch (differentiable)."""
     ids, mask, p_w, resp, rmask = collate(examples, pad_id)
     logp, _ = response_logprobs(model, ids, mask, p_w, resp)
-    return -ppo.masked_sum(logp, rmask), int(rmask.sum())
+    return -masked_sum(logp, rmask), int(rmask.sum())
 
 
 def full_nll_sums(model: nn.Module, examples: Sequence[SFTExample], pad_id: int) -> tuple[Tensor, int, Tensor, int]:
@@ -91,8 +92,6 @@ def full_nll_sums(model: nn.Module, examples: Sequence[SFTExample], pad_id: int)
     prediction). Used when ``prompt_loss_weight > 0``: a model trained from scratch has no language
     prior, and predicting the prompt text teaches it the world's vocabulary and structure.
     """
-    from hiper.trainer.models import backbone_and_head, hidden_states
-
     ids, mask, p_w, resp, rmask = collate(examples, pad_id)
     decoder, head = backbone_and_head(model)
     logits = head(hidden_states(decoder, ids, mask)[:, :-1]).float()
@@ -101,7 +100,7 @@ def full_nll_sums(model: nn.Module, examples: Sequence[SFTExample], pad_id: int)
     is_resp = torch.zeros_like(target_mask)
     is_resp[:, p_w - 1 :] = rmask
     prompt_mask = target_mask & ~is_resp
-    return (-ppo.masked_sum(logp, is_resp), int(is_resp.sum()), -ppo.masked_sum(logp, prompt_mask),
+    return (-masked_sum(logp, is_resp), int(is_resp.sum()), -masked_sum(logp, prompt_mask),
             int(prompt_mask.sum()))
 
 
@@ -132,8 +131,10 @@ def sft_train(
     optimizer: torch.optim.Optimizer | None = None,
     micro_batch_size: int | None = None,
     prompt_loss_weight: float = 0.0,
+    max_steps: int | None = None,
 ) -> dict[str, Any]:
-    """Behaviour cloning: AdamW on the token-mean response NLL, ``epochs`` shuffled passes.
+    """Behaviour cloning: AdamW on the token-mean response NLL, ``epochs`` shuffled passes (at most ``max_steps``
+    optimizer steps when given).
 
     Shuffling uses a private generator seeded by ``seed`` (global RNG untouched). Batches are split
     into micro-batches of ``micro_batch_size`` with the loss normalised by the batch's token count.
@@ -152,6 +153,8 @@ def sft_train(
     for _ in range(epochs):
         order = torch.randperm(len(examples), generator=gen).tolist()
         for s in range(0, len(order), batch_size):
+            if max_steps is not None and len(losses) >= max_steps:
+                break
             batch = [examples[i] for i in order[s : s + batch_size]]
             n_tok = sum(len(e.response_ids) for e in batch)
             n_prompt = max(sum(len(e.prompt_ids) - 1 for e in batch), 1)
@@ -170,7 +173,7 @@ def sft_train(
                     break
                 loss.backward()
                 total += float(loss.detach())
-            stepped, _ = ppo.safe_step(opt, params, grad_clip, loss_finite=finite)
+            stepped, _ = safe_step(opt, params, grad_clip, loss_finite=finite)
             skipped += not stepped
             losses.append(total if finite else math.nan)
     model.eval()

@@ -121,5 +121,5 @@ def resolve_config(
     unknown = sorted(set(overrides) - names)
     if unknown:
         raise ValueError(f"unknown HouseholdConfig fields {unknown}; known: {sorted(names)}")
-    fixed = {k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items()}
+    fixed: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items()}
     return dataclasses.replace(base, **fixed)

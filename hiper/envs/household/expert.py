@@ -72,7 +72,7 @@ def _find_take(w: World, obj_type: str, label: str, candidates: list[int]) -> Ex
             if o in candidates:
                 return ExpertStep(f"take {label}", f"take {w.o_name[o]} from {w.r_name[here]}")
     known = sorted({w.o_loc[o] for o in candidates if w.o_loc[o] >= 0 and w.r_known[w.o_loc[o]]})
-    plausible = ROOMS[w.room]["objects"].get(obj_type, ())  # type: ignore[union-attr]
+    plausible = ROOMS[w.room]["objects"].get(obj_type, ())  # type: ignore[union-attr,attr-defined]
     return _explore(w, f"find {label}", plausible, known)
 
 

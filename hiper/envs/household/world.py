@@ -344,9 +344,9 @@ def _make_goal(rng: random.Random, cfg: HouseholdConfig, task_type: str, room: s
         rtypes = spec["receptacles"]
         combos, keys = [], []
         for lamp in LAMPS:
-            if not any(h in rtypes for h in LAMP_HOSTS[lamp]):
+            if not any(h in rtypes for h in LAMP_HOSTS[lamp]):  # type: ignore[operator]
                 continue
-            for o in spec["objects"]:  # type: ignore[union-attr]
+            for o in spec["objects"]:  # type: ignore[union-attr,attr-defined]
                 combos.append((o, lamp))
                 keys.append(f"look|{o}|{lamp}")
         o, lamp = _choose(rng, combos, keys, split, every)

@@ -399,7 +399,7 @@ def evaluate_oracle(
     scores, wins, steps, truncated = [], 0, [], 0
     for task in tasks:
         env.reset(task)
-        done, info = False, {}
+        done, info = False, dict[str, Any]()
         while not done:
             _, _, done, info = env.step(env.expert().action)
         scores.append(info["score"])

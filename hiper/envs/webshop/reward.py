@@ -126,6 +126,8 @@ def get_reward(
     r_option, n_option = option_reward(list(options.values()), goal_option_list)
 
     denominator = len(goal["attributes"]) + len(goal_options) + 1
+    if r_price is None:  # the original WebShop fails here too (a TypeError); every shipped goal has a price bound
+        raise ValueError(f"goal {goal.get('asin')!r} has no positive price_upper: cannot score the price")
     total = (n_attr + n_option + r_price) / denominator * r_type["r_type"]
     info: dict[str, Any] = {
         "r_type": r_type["r_type"],

@@ -108,10 +108,9 @@ class Analyzer:
         cached = self._cache.get(token, "")
         if cached != "":
             return cached
-        term: str | None = token
-        if len(term) >= 2 and term[-2] in _APOSTROPHES and term[-1] in "sS":
-            term = term[:-2]
-        term = _java_lower(term)
+        term: str | None
+        stripped = token[:-2] if len(token) >= 2 and token[-2] in _APOSTROPHES and token[-1] in "sS" else token
+        term = _java_lower(stripped)
         if term in LUCENE_STOP_WORDS:
             term = None
         else:

@@ -25,15 +25,23 @@ Critic variants (``critic_heads``):
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, is_dataclass
 from typing import Any
 
 import torch
 from torch import Tensor
 
+from hiper import advantage
+from hiper.advantage import ShapingConfig
+from hiper.advantage.from_batch import advantage_inputs, to_rows, token_advantages
+from hiper.config.loader import from_dict
+from hiper.config.schema import AlgorithmConfig
+from hiper.config.schema import estimator_config as hiper_estimator_config
 from hiper.integrations.verl.convert import RowIndex, VerlRows, rows_to_turn_batch
 
 HEADS = ("low", "high", "term")
+#: hiper's estimator sections of the run config's ``algorithm`` (hae, gae, grpo, rloo, gigpo)
+SECTION_NAMES = tuple(f.name for f in fields(AlgorithmConfig) if is_dataclass(f.default_factory))
 CHANNELS = {"low": 0, "high": 1, "term": 2}
 
 
@@ -90,12 +98,6 @@ def read_row_values(
     return {h: torch.tensor(x, dtype=torch.float32) for h, x in out.items()}
 
 
-def advantage_inputs(batch: Any, values: dict[str, Tensor] | None, reward_scale: float = 1.0) -> Any:
-    """:class:`hiper.advantage.AdvantageInputs` of a turn batch: :meth:`TurnBatch.advantage_inputs`,
-    the same construction as the built-in trainer."""
-    return batch.advantage_inputs(values, reward_scale)
-
-
 def compute_row_advantages(
     rows: VerlRows,
     estimator: str,
@@ -122,16 +124,16 @@ def compute_row_advantages(
     ``weight = coef * n_rows / n_head_rows`` on the head's rows (``n_rows`` counts padding rows, because verl
     normalises by the global mini-batch size, padding included).
     """
-    from hiper import advantage
-
     batch, index = rows_to_turn_batch(rows, pad_token_id=pad_token_id)
     est = advantage.get(estimator)
     heads = est.heads_for(config)
     values = read_row_values(rows, index, batch.v_low_pos, critic_heads) if heads else None
     inputs = advantage_inputs(batch, values, reward_scale)
     out = est(inputs, config)
-    token_adv, loss_mask, _ = batch.token_advantages(out)
-    flat = batch.flat
+    token_adv, loss_mask, _ = token_advantages(batch, out)
+
+    def flat(padded: Tensor) -> Tensor:
+        return to_rows(batch, padded)
 
     n_rows = len(rows)
     n_batch = len(batch)
@@ -182,57 +184,44 @@ def compute_row_advantages(
     )  # fmt: skip
 
 
-def estimator_config(estimator: str, algorithm: Any, invalid_penalty: float = 0.0) -> Any:
-    """The estimator's config dataclass from a verl ``algorithm`` section (dict or DictConfig).
+def estimator_config(estimator: str, algorithm: Any, invalid_penalty: float = 0.0) -> ShapingConfig:
+    """The estimator's config from a verl ``algorithm`` section (dict or DictConfig), through hiper's run-config
+    schema and its one mapping (:func:`hiper.config.estimator_config`), exactly as the built-in trainer gets it.
 
-    ``gamma`` and ``lam`` come from ``algorithm``; HAE / shaping keys from ``algorithm.hae`` (``lam_seg``,
-    ``keep_penalty``, ``keep_penalty_mode``, ``keep_consistency_penalty``, ``bootstrap_truncated``,
-    ``switch_mode``, ``norm_adv`` ...); estimator-specific keys from ``algorithm.<estimator>``; unknown keys
-    raise ``ValueError`` naming them (a typo must not silently fall back to a default).
+    Read from ``algorithm``: ``gamma`` and ``lam`` (verl's own keys, hiper's ``algorithm.gamma``/``lam``) and
+    hiper's estimator sections (``algorithm.hae``, ``algorithm.grpo`` ...); ``invalid_penalty`` is
+    ``hiper.invalid_action_penalty_coef``. Other verl keys of ``algorithm`` are verl's business and ignored here;
+    unknown keys inside an estimator section raise :class:`~hiper.config.ConfigError` naming them.
     """
-    from dataclasses import fields
-
-    from hiper.advantage import get
-
-    def section(obj: Any, key: str) -> dict[str, Any]:
-        val = obj.get(key, None) if hasattr(obj, "get") else None
-        if val is None:
-            return {}
-        return {str(k): v for k, v in (val.items() if hasattr(val, "items") else dict(val).items())}
-
-    cls = get(estimator).config_cls
-    names = {f.name: f for f in fields(cls)}
-    values: dict[str, Any] = {}
+    sections = {name: _plain(_get(algorithm, name)) for name in SECTION_NAMES}
+    alg: dict[str, Any] = {"adv_estimator": estimator}
+    alg.update({k: v for k, v in sections.items() if v is not None})
     for key in ("gamma", "lam"):
-        v = algorithm.get(key, None) if hasattr(algorithm, "get") else None
-        if v is not None and key in names:
-            values[key] = float(v)
-    shaping_keys = {
-        "keep_penalty",
-        "keep_penalty_mode",
-        "keep_consistency_penalty",
-        "keep_penalty_skip_first",
-    }
-    hae = section(algorithm, "hae")
-    specific = section(algorithm, estimator) if estimator != "hae" else {}
-    for src in (hae, specific):
-        for k, v in src.items():
-            if k not in names:
-                if src is hae and estimator != "hae" and k not in shaping_keys:
-                    continue  # HAE-only keys (lam_seg ...) are ignored by the baselines
-                raise ValueError(f"algorithm key {k!r} is not a field of {cls.__name__}: {sorted(names)}")
-            values[k] = v
-    if "invalid_penalty" in names:
-        values["invalid_penalty"] = float(invalid_penalty)
-    clean = {k: (float(v) if names[k].type == "float" else v) for k, v in values.items()}
-    return cls(**clean)
+        if _get(algorithm, key) is not None:
+            alg[key] = float(_get(algorithm, key))
+    cfg = from_dict({"algorithm": alg, "actor": {"invalid_action_penalty_coef": float(invalid_penalty)}},
+                    validate=False)
+    return hiper_estimator_config(cfg, estimator)
+
+
+def _get(obj: Any, key: str) -> Any:
+    try:
+        return obj.get(key, None) if obj is not None and hasattr(obj, "get") else None
+    except Exception:  # noqa: BLE001 - OmegaConf struct errors on unknown keys
+        return None
+
+
+def _plain(obj: Any) -> Any:
+    """A (DictConfig) section as a plain dict, None when absent."""
+    if obj is None:
+        return None
+    return {str(k): v for k, v in (obj.items() if hasattr(obj, "items") else dict(obj).items())}
 
 
 __all__ = [
     "CHANNELS",
     "HEADS",
     "RowAdvantages",
-    "advantage_inputs",
     "compute_row_advantages",
     "estimator_config",
     "read_row_values",

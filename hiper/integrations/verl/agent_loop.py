@@ -11,7 +11,7 @@ each turn becomes **one output row** (verl's v1 trainer stores them as ``{uid}_{
   per-token log-probs; every turn of a session uses the same request id ``{uid}-{session}`` (verl's client
   routes one request id to one server: sticky sessions, prefix caching) and verl makes each vLLM request
   id unique itself;
-* the response is parsed **once** here, from its token ids (:func:`hiper.spans.token_spans`): role masks and the
+* the response is parsed **once** here, from its token ids (:func:`hiper.protocol.spans.token_spans`): role masks and the
   V_low read position travel in ``extra_fields`` (:func:`hiper.integrations.verl.convert.turn_extra_fields`),
   with the env reward of the turn (``turn_reward``: verl overwrites ``reward_score`` of every row with the final
   row's) and the episode's success / score in the final row's ``reward_extra_info`` (read by verl's validation,
@@ -38,7 +38,13 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
+from hiper.envs import InProcessBatch, make_env
+from hiper.envs.base import TaskSpec
 from hiper.integrations.verl.convert import turn_extra_fields
+from hiper.protocol import chat_prompt
+from hiper.protocol.spans import TokenByteTable, token_spans
+from hiper.rollout.loop import advance, episodes
+from hiper.rollout.manager import EnvManager
 
 logger = logging.getLogger(__name__)
 
@@ -153,8 +159,6 @@ def env_executor(n_threads: int) -> ThreadPoolExecutor:
 
 def task_from_extra_info(extra_info: Mapping[str, Any]) -> Any:
     """The :class:`~hiper.envs.base.TaskSpec` of a dataset row (``extra_info`` written by ``data.task_rows``)."""
-    from hiper.envs.base import TaskSpec
-
     missing = [k for k in ("env", "split", "index") if k not in extra_info]
     if missing:
         raise ValueError(
@@ -188,11 +192,6 @@ async def run_session(
     ``max_tokens`` are added. ``default_global_steps`` fills ``min/max_global_steps`` when the server does
     not report the weight version.
     """
-    from hiper.envs import make_env
-    from hiper.envs.manager import EnvManager, InProcessBatch
-    from hiper.protocol import chat_prompt
-    from hiper.spans import TokenByteTable, token_spans
-
     loop = asyncio.get_running_loop()
     executor = executor or env_executor(config.env_threads)
     if env_factory is None:
@@ -211,10 +210,13 @@ async def run_session(
     )
     rows: list[TurnRow] = []
     stop_reason = None
+    captured: list[Any] = []
+    # THE rollout loop (hiper.rollout.loop.episodes), driven one send per awaited generation; env work in the executor
+    episode = episodes(manager, [task], on_turn=captured.extend)
     try:
-        await loop.run_in_executor(executor, manager.reset, [task])
-        while manager.active:
-            request = manager.requests()[0]
+        requests = await loop.run_in_executor(executor, advance, episode)
+        while requests:
+            request = requests[0]
             prompt_text = chat_prompt(tokenizer, request.prompt)
             prompt_ids = list(tokenizer(prompt_text, add_special_tokens=False)["input_ids"])
             if len(prompt_ids) > config.max_prompt_tokens:
@@ -231,10 +233,11 @@ async def run_session(
             if log_probs is not None and len(log_probs) != len(token_ids):
                 raise RuntimeError(f"LLM server gave {len(log_probs)} log-probs for {len(token_ids)} tokens")
             text = tokenizer.decode(token_ids, skip_special_tokens=True)
-            records = await loop.run_in_executor(
-                executor, functools.partial(manager.step, {request.slot: text}, {request.slot: {}})
+            captured.clear()
+            requests = await loop.run_in_executor(
+                executor, functools.partial(advance, episode, ({request.slot: text}, {request.slot: {}}))
             )
-            record = records[0]
+            record = captured[0]
             spans = token_spans(table, [token_ids if token_ids else [0]])
             extra = turn_extra_fields(record, spans, 0)
             if not token_ids:
@@ -250,6 +253,7 @@ async def run_session(
                 )
             )  # fmt: skip
     finally:
+        episode.close()
         await loop.run_in_executor(executor, batch.close)
     if rows:
         last = rows[-1].extra_fields

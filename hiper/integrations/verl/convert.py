@@ -1,4 +1,4 @@
-"""verl turn rows <-> the hiper turn-batch layout (:class:`hiper.trainer.turn_batch.TurnBatch`). No verl import.
+"""verl turn rows <-> the hiper turn-batch layout (:class:`hiper.batch.TurnBatch`). No verl import.
 
 On verl (v1 trainer + TransferQueue) every turn of every session is one row, stored under the key
 ``"{uid}_{session_id}_{index}"`` (uid = dataset prompt, session = the i-th of ``rollout.n`` rollouts, index
@@ -16,7 +16,7 @@ in any order and possibly with verl's synthetic padding rows, into a :class:`Tur
                        every row's ``rm_scores``, so per-turn rewards must travel here.
 ``done``/``truncated`` the episode ended at this turn / it was cut (step limit, env error)
 ``valid``              response well formed (protocol); ``keep_inconsistent``: KEEP with a changed subgoal
-``boundary``           trainer-side segment boundary (switch flag q_t); ``switch``: ``KEEP|SWITCH|INVALID``
+``switch``             the switch flag q_t (a new segment starts here); ``decision``: ``KEEP|SWITCH|INVALID``
 ``masks``              token runs ``{"switch"|"subgoal"|"action": [[start, end), ...]}`` of the role masks
 ``v_low_pos``          response position where V_low is read (after ``</subgoal>``); V_high/V_term read at 0
 ``state_key``          GiGPO anchor state (observation text); ``task_type``, ``won``, ``score``, ``task``
@@ -32,10 +32,13 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from hiper.advantage.layout import turn_mask_from_index
+from hiper.batch import TurnBatch, pad_token_lists
+
 ROLES = ("switch", "subgoal", "action")
 #: extra_fields keys every hiper turn row carries (checked by :func:`rows_to_turn_batch`).
 TURN_KEYS = (
-    "turn_idx", "turn_reward", "done", "truncated", "valid", "keep_inconsistent", "boundary", "masks", "v_low_pos",
+    "turn_idx", "turn_reward", "done", "truncated", "valid", "keep_inconsistent", "switch", "masks", "v_low_pos",
 )  # fmt: skip
 
 
@@ -90,10 +93,10 @@ def row_key(uid: str, session: int, index: int) -> str:
 
 
 def turn_extra_fields(record: Any, spans: Any, row: int = 0) -> dict[str, Any]:
-    """The ``extra_fields`` of one turn row from a manager :class:`~hiper.envs.manager.TurnRecord` and row ``row``
-    of a :class:`~hiper.spans.SpanBatch` (the token-level parse of the generated ids).
+    """The ``extra_fields`` of one turn row from a manager :class:`~hiper.rollout.records.TurnRecord` and row ``row``
+    of a :class:`~hiper.protocol.spans.SpanBatch` (the token-level parse of the generated ids).
 
-    ``boundary``/``valid`` come from the token-level parse (what the trainer would compute from the ids); the
+    ``switch``/``valid`` come from the token-level parse (what the trainer would compute from the ids); the
     env saw the text parse of the same ids, so they agree for every response whose text decodes cleanly.
     """
     parsed = spans.parsed[row]
@@ -106,8 +109,8 @@ def turn_extra_fields(record: Any, spans: Any, row: int = 0) -> dict[str, Any]:
         "truncation_reason": record.truncation_reason,
         "valid": bool(parsed.valid),
         "keep_inconsistent": bool(record.keep_inconsistent),
-        "boundary": bool(parsed.is_boundary),
-        "switch": str(getattr(parsed.switch, "value", parsed.switch)),
+        "switch": bool(parsed.switch),
+        "decision": str(parsed.decision.value),
         "masks": masks,
         "v_low_pos": int(spans.v_low_pos[row]),
         "action_fallback": bool(spans.action_fallback[row]),
@@ -174,17 +177,14 @@ class RowIndex:
     uids: list[str]
 
 
-def rows_to_turn_batch(rows: VerlRows, pad_token_id: int = 0) -> tuple[Any, RowIndex]:
-    """Build a :class:`~hiper.trainer.turn_batch.TurnBatch` from verl turn rows (any order; padding rows dropped).
+def rows_to_turn_batch(rows: VerlRows, pad_token_id: int = 0) -> tuple[TurnBatch, RowIndex]:
+    """Build a :class:`~hiper.batch.TurnBatch` from verl turn rows (any order; padding rows dropped).
 
     Trajectories are the distinct ``(uid, session)`` pairs, sorted; turns are the key indices and must be
     ``0 .. T_i - 1`` with no gap or duplicate (``ValueError`` otherwise: a lost row would silently shift the
     bootstrap). ``group`` is the uid (``rollout.n`` sessions of one prompt form a group). The batch rows are
     ordered by (trajectory, turn), so the result does not depend on verl's row order (``_balance_batch``).
     """
-    from hiper.advantage.layout import turn_mask_from_index
-    from hiper.trainer.turn_batch import TurnBatch, pad_token_lists
-
     real = [r for r in range(len(rows)) if not rows.is_padding[r]]
     if not real:
         raise ValueError("no non-padding rows to convert")
@@ -248,7 +248,7 @@ def rows_to_turn_batch(rows: VerlRows, pad_token_id: int = 0) -> tuple[Any, RowI
         truncated=truncated,
         valid=col("valid", torch.bool),
         keep_inconsistent=col("keep_inconsistent", torch.bool),
-        boundary=col("boundary", torch.bool),
+        switch=col("switch", torch.bool),
         group=group_of_traj,
         n_traj=len(traj_keys),
         t_max=t_max,
@@ -293,7 +293,7 @@ def turn_batch_to_rows(
             "truncated": bool(batch.truncated[b]),
             "valid": bool(batch.valid[b]),
             "keep_inconsistent": bool(batch.keep_inconsistent[b]),
-            "boundary": bool(batch.boundary[b]),
+            "switch": bool(batch.switch[b]),
             "masks": {role: mask_to_runs(getattr(batch, f"{role}_mask")[b]) for role in ROLES},
             "v_low_pos": int(batch.v_low_pos[b]),
             "state_key": batch.state_keys[b] if batch.state_keys else "",

@@ -14,6 +14,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from hiper.envs import task_panel
 from hiper.integrations.verl.agent_loop import AGENT_NAME
 
 
@@ -21,8 +22,6 @@ def task_rows(
     env: str, split: str, n: int | None = None, seed: int = 0, **panel_kwargs: Any
 ) -> list[dict[str, Any]]:
     """One verl dataset row per task of ``task_panel(env, split, n, seed)`` (pure Python)."""
-    from hiper.envs import task_panel
-
     rows = []
     for i, task in enumerate(task_panel(env, split, n=n, seed=seed, **panel_kwargs)):
         rows.append(

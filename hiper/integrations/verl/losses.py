@@ -21,7 +21,7 @@ from typing import Any
 
 from torch import Tensor
 
-from hiper.trainer.ppo import clipped_value_error
+from hiper.losses import clipped_value_error
 
 HEADS = ("low", "high", "term")
 

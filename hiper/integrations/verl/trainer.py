@@ -44,13 +44,15 @@ import logging
 from functools import partial
 from typing import Any
 
-from hiper.integrations.verl.advantage import compute_row_advantages, estimator_config
+from hiper.advantage import get as get_estimator
+from hiper.integrations.verl.advantage import CHANNELS, compute_row_advantages, estimator_config
 from hiper.integrations.verl.convert import rows_from_tensordict
+from hiper.integrations.verl.critic_heads import configure_critic
+from hiper.integrations.verl.losses import hae_ppo_loss, hae_value_loss
 
 logger = logging.getLogger(__name__)
 
 TRAINER_NAME = "hiper_sync"
-CRITIC_ESTIMATORS = ("hae", "gae")
 PAPER_SWITCH_MESSAGE = (
     "algorithm.hae.switch_mode=paper: its switch advantage (q - beta)(V^high - V^low_keep) needs beta (the actor's "
     "P(SWITCH) over the SWITCH/KEEP continuations) and V^low on the KEEP continuation, extra forward passes the "
@@ -132,7 +134,6 @@ def channel_value_metrics(values: list[Any]) -> dict[str, float]:
     """``critic/values/{low,high,term}/{mean,max,min}`` over every response position of rows ``[L_i, 3]``."""
     import torch
 
-    from hiper.integrations.verl.advantage import CHANNELS
 
     if not values:
         return {}
@@ -165,7 +166,7 @@ class HiPERTrainer(_Base):  # type: ignore[misc,valid-type]
     def _setup(self) -> None:
         self._hiper = hiper_settings(self.config)
         est = self._hiper["estimator"]
-        if est in CRITIC_ESTIMATORS and not self.use_critic:
+        if get_estimator(est).needs_critic and not self.use_critic:
             raise ValueError(f"algorithm.adv_estimator={est} needs a critic: set critic.enable=true")
         problems = unsupported_settings(self.config)
         if problems:
@@ -173,13 +174,10 @@ class HiPERTrainer(_Base):  # type: ignore[misc,valid-type]
                 f"trainer.v1.trainer_mode={TRAINER_NAME} does not support: " + "; ".join(problems)
             )
         if self.use_critic:  # before super()._setup() builds the critic worker config from config.critic
-            from hiper.integrations.verl.critic_heads import configure_critic
-
             configure_critic(self.config, self._hiper["critic_heads"])
         super()._setup()
         from verl.utils.config import omega_conf_to_dataclass
 
-        from hiper.integrations.verl.losses import hae_ppo_loss, hae_value_loss
 
         if self.use_critic:
             critic_cfg = omega_conf_to_dataclass(self.config.critic)
@@ -242,7 +240,6 @@ class HiPERTrainer(_Base):  # type: ignore[misc,valid-type]
 
 
 __all__ = [
-    "CRITIC_ESTIMATORS",
     "HAVE_VERL",
     "PAPER_SWITCH_MESSAGE",
     "TRAINER_NAME",

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from hiper.protocol import _FAST_NONBLANK, ParsedResponse, parse_response
+from hiper.protocol.grammar import _FAST_NONBLANK, ParsedResponse, parse_response
 
 __all__ = ["ParsedRows", "SpanBatch", "TokenByteTable", "bytes_to_unicode", "token_spans"]
 
@@ -206,16 +206,16 @@ class SpanBatch:
     v_high_pos: torch.Tensor
     v_low_pos: torch.Tensor
     action_fallback: torch.Tensor
-    #: bool ``[B]``: ``parsed[i].is_boundary`` / ``parsed[i].valid`` (filled by :func:`token_spans`)
+    #: bool ``[B]``: ``parsed[i].switch`` / ``parsed[i].valid`` (filled by :func:`token_spans`)
     boundary_flags: torch.Tensor | None = None
     valid_flags: torch.Tensor | None = None
 
     @property
-    def is_boundary(self) -> torch.Tensor:
-        """bool ``[B]``: ``parsed[i].is_boundary``."""
+    def switch(self) -> torch.Tensor:
+        """bool ``[B]``: ``parsed[i].switch``."""
         if self.boundary_flags is not None:
             return self.boundary_flags
-        return torch.tensor([p.is_boundary for p in self.parsed], dtype=torch.bool)
+        return torch.tensor([p.switch for p in self.parsed], dtype=torch.bool)
 
     @property
     def valid(self) -> torch.Tensor:
@@ -291,6 +291,7 @@ def token_spans(
             response_mask = list_mask
     if ids.ndim != 2:
         raise ValueError(f"response_ids must be [B, L], got shape {tuple(ids.shape)}")
+    mask: np.ndarray
     if response_mask is None:
         mask = np.ones(ids.shape, dtype=bool)
     else:
@@ -345,7 +346,7 @@ def token_spans(
         p = parse_response(text, strict=strict)
         parsed.append(p)
         texts.append(None)
-        boundary.append(p.is_boundary)
+        boundary.append(p.switch)
         valid.append(p.valid)
         spans = (p.switch_span or empty) + (p.subgoal_span or empty) + (p.action_span or empty)
         if char_to_byte is not None:

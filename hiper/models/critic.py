@@ -1,12 +1,12 @@
 """The multi-head critic: a backbone plus ``Linear(hidden, n_heads)``, read at the HAE value positions.
 
 Channels (the official code's map): 0 = ``low``, 1 = ``high``, 2 = ``term``. With the trainer's layout
-``[prompt left-padded to P | response]`` (see :mod:`hiper.trainer.models`):
+``[prompt left-padded to P | response]`` (see :mod:`hiper.models.policy`):
 
 * ``high`` and ``term`` are read at input position ``P - 1``: the hidden state after consuming the
   prompt, i.e. response position 0, ``V(s_t, o_{t-1})`` before the decision;
 * ``low`` is read at input position ``P + v_low_pos - 1`` (response position ``v_low_pos`` from
-  :func:`hiper.spans.token_spans`: the first token after ``</subgoal>``), ``V(s_t, o_t)``.
+  :func:`hiper.protocol.spans.token_spans`: the first token after ``</subgoal>``), ``V(s_t, o_t)``.
 
 A one-head critic exposes a single ``turn`` value read at ``P - 1`` (turn-level PPO / GAE baseline).
 
@@ -30,13 +30,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from hiper.trainer.models import (
-    backbone_and_head,
-    cfg_get,
-    hidden_states,
-    position_ids_from_mask,
-    resolve_dtype,
-)
+from hiper.config.schema import CriticConfig
+from hiper.models.policy import backbone_and_head, hidden_states, position_ids_from_mask, resolve_dtype
 
 #: channel index of each named head.
 HEAD_CHANNELS = {"low": 0, "high": 1, "term": 2}
@@ -185,27 +180,30 @@ class ValueModel(nn.Module):
         return out
 
 
-def build_critic(critic_cfg: Any, policy: nn.Module) -> ValueModel:
-    """Build the critic from the ``critic`` config section.
+def build_critic(critic_cfg: CriticConfig, policy: nn.Module, heads: tuple[str, ...]) -> ValueModel:
+    """Build the critic from the ``critic`` config section with the value ``heads`` the estimator reads
+    (``hiper.config.critic_heads``: ``("turn",)``, ``("low", "high")`` or ``("low", "high", "term")``).
 
     ``mode="separate"``: backbone from ``path`` (``AutoModel``) or, when ``path`` is null, a copy of the
     policy's backbone (the official setup initialises the critic from the same checkpoint as the actor).
     ``mode="shared"``: heads on the policy's own backbone.
     """
-    n_heads = int(cfg_get(critic_cfg, "n_heads", 3))
-    mode = cfg_get(critic_cfg, "mode", "separate")
+    n_heads = len(heads)
+    if head_names(n_heads) != tuple(heads):
+        raise ValueError(f"a critic provides the heads {head_names(n_heads)} with {n_heads} channels, not {heads}")
+    mode = critic_cfg.mode
     decoder, _ = backbone_and_head(policy)
     hidden = int(decoder.config.hidden_size)
     if mode == "shared":
         return ValueModel(decoder, hidden, n_heads, shared=True)
     if mode != "separate":
         raise ValueError(f"critic.mode must be 'separate' or 'shared', got {mode!r}")
-    path = cfg_get(critic_cfg, "path", None)
+    path = critic_cfg.path
     if path:
         from transformers import AutoModel
 
         backbone = AutoModel.from_pretrained(
-            path, dtype=resolve_dtype(cfg_get(critic_cfg, "dtype", "float32"))
+            path, dtype=resolve_dtype(critic_cfg.dtype or "float32")
         )
         hidden = int(backbone.config.hidden_size)
     else:

@@ -7,7 +7,7 @@ Every turn the policy answers with three blocks, in this order and with nothing 
     <action>one admissible action</action>
 
 :func:`parse_response` is the *only* parser: the env manager uses its ``action`` and ``valid``,
-the trainer uses its ``is_boundary`` and char spans (through :mod:`hiper.spans`). Because both
+the trainer uses its ``switch`` flag and char spans (through :mod:`hiper.protocol.spans`). Because both
 sides read the same :class:`ParsedResponse`, they cannot disagree (the official code has two
 parsers that do, spec section 7 #13). The decision table for malformed outputs is in
 ``docs/protocol.md``; the short version:
@@ -17,7 +17,7 @@ parsers that do, spec section 7 #13). The decision table for malformed outputs i
   empty subgoal or action, and CJK text are errors in both modes. Tag case, a non-canonical switch
   spelling (``keep``, `` SWITCH ``) and non-whitespace text outside the blocks are *warnings* in the
   lenient mode (the default, used for rollouts) and errors in strict mode.
-* ``is_boundary`` (a new segment starts at this turn) is ``switch is SWITCH and subgoal``, i.e.
+* ``switch`` (the flag q_t: a new segment starts at this turn) is ``decision is SWITCH and subgoal``, i.e.
   exactly when :func:`next_subgoal` replaces the subgoal in force. An INVALID switch never starts a
   segment and never changes the subgoal.
 * ``action`` is the lower-cased, stripped text of the first ``<action>`` block (closed, or running
@@ -28,24 +28,24 @@ from __future__ import annotations
 
 import re
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from enum import Enum
 
 __all__ = [
     "BLOCKS",
     "INITIAL_SUBGOAL",
-    "PROMPT_FAMILIES",
     "ParseStats",
     "ParsedResponse",
-    "PromptConfig",
     "Switch",
-    "chat_prompt",
+    "KEEP_CONTINUATION",
+    "SWITCH_CONTINUATIONS",
     "format_response",
+    "keep_continuation",
     "next_subgoal",
     "normalize_subgoal",
     "parse_response",
-    "render_prompt",
+    "shown_subgoal",
 ]
 
 #: the three blocks, in the required order.
@@ -97,12 +97,12 @@ class ParsedResponse:
     """
 
     text: str
-    switch: Switch
+    decision: Switch
     subgoal: str | None
     action: str
     valid: bool
     errors: tuple[str, ...]
-    is_boundary: bool
+    switch: bool
     switch_span: tuple[int, int] | None
     subgoal_span: tuple[int, int] | None
     action_span: tuple[int, int] | None
@@ -121,7 +121,7 @@ _FAST = re.compile(
     r"\s*(<switch>(KEEP|SWITCH)</switch>)\s*(<subgoal>([^<]*)</subgoal>)\s*(<action>([^<]*)</action>)\s*\Z"
 )
 # The fast path's full condition as one regex (non-blank subgoal and action): a match is a valid, canonical
-# response whose parse is exactly the fast path's. ``hiper.spans`` uses it to read block spans without
+# response whose parse is exactly the fast path's. ``hiper.protocol.spans`` uses it to read block spans without
 # building ParsedResponse objects; the groups are those of ``_FAST``.
 _FAST_NONBLANK = re.compile(
     r"\s*(<switch>(KEEP|SWITCH)</switch>)\s*(<subgoal>(\s*[^<\s][^<]*)</subgoal>)\s*"
@@ -159,12 +159,12 @@ def parse_response(text: str, strict: bool = False) -> ParsedResponse:
                 "__dict__",
                 {
                     "text": text,
-                    "switch": Switch.SWITCH if is_switch else Switch.KEEP,
+                    "decision": Switch.SWITCH if is_switch else Switch.KEEP,
                     "subgoal": subgoal,
                     "action": action,
                     "valid": True,
                     "errors": (),
-                    "is_boundary": is_switch,
+                    "switch": is_switch,
                     "switch_span": regs[1],
                     "subgoal_span": regs[3],
                     "action_span": regs[5],
@@ -175,7 +175,7 @@ def parse_response(text: str, strict: bool = False) -> ParsedResponse:
     return _parse_slow(text, strict)
 
 
-def _parse_slow(text: str, strict: bool) -> ParsedResponse:
+def _parse_slow(text: str, strict: bool) -> ParsedResponse:  # noqa: C901 - one decision table (docs/protocol.md)
     """General parser: scan every recognised tag once and pair each open tag with the next tag."""
     tags = [
         (m.start(), m.end(), m.group(1) == "/", m.group(2).lower(), m.group(0)) for m in _TAG.finditer(text)
@@ -262,6 +262,7 @@ def _parse_slow(text: str, strict: bool) -> ParsedResponse:
         if text[pos:].strip():
             problems.append("text_outside_blocks")
 
+    warns: tuple[str, ...]
     if strict:
         errors, warns = tuple(problems), ()
     else:
@@ -270,12 +271,12 @@ def _parse_slow(text: str, strict: bool) -> ParsedResponse:
     span = {n: (b[0], b[3]) for n, b in blocks.items()}
     return ParsedResponse(
         text=text,
-        switch=switch,
+        decision=switch,
         subgoal=subgoal,
         action=action,
         valid=not errors,
         errors=errors,
-        is_boundary=switch is Switch.SWITCH and bool(subgoal),
+        switch=switch is Switch.SWITCH and bool(subgoal),
         switch_span=span.get("switch"),
         subgoal_span=span.get("subgoal"),
         action_span=span.get("action"),
@@ -298,7 +299,7 @@ def _is_unset(subgoal: str | None) -> bool:
 def next_subgoal(current: str | None, parsed: ParsedResponse) -> tuple[str, bool]:
     """The subgoal in force after this turn, and whether a KEEP turn altered the subgoal text.
 
-    * ``parsed.is_boundary`` (SWITCH with a non-empty subgoal): the new subgoal; not inconsistent.
+    * ``parsed.switch`` (SWITCH with a non-empty subgoal): the new subgoal; not inconsistent.
     * No subgoal in force yet (``current`` is None / "" / "None", i.e. the episode's first decision) and the
       response wrote a non-empty subgoal: that subgoal is adopted whatever the switch says (HAE treats the
       first turn as a boundary anyway); not inconsistent.
@@ -306,7 +307,7 @@ def next_subgoal(current: str | None, parsed: ParsedResponse) -> tuple[str, bool
       ``keep_inconsistent`` is True only for a KEEP whose non-empty subgoal differs from the current one
       after whitespace normalisation (case matters, as in the official token-id comparison).
     """
-    if parsed.is_boundary:
+    if parsed.switch:
         return parsed.subgoal or "", False
     if _is_unset(current):
         if parsed.subgoal:
@@ -314,7 +315,7 @@ def next_subgoal(current: str | None, parsed: ParsedResponse) -> tuple[str, bool
         return INITIAL_SUBGOAL if current is None else current, False
     assert current is not None
     inconsistent = (
-        parsed.switch is Switch.KEEP
+        parsed.decision is Switch.KEEP
         and bool(parsed.subgoal)
         and normalize_subgoal(parsed.subgoal) != normalize_subgoal(current)
     )
@@ -361,8 +362,8 @@ class ParseStats:
         for p in items:
             self.total += 1
             self.invalid += not p.valid
-            self.switches += p.switch is Switch.SWITCH
-            self.keeps += p.switch is Switch.KEEP
+            self.switches += p.decision is Switch.SWITCH
+            self.keeps += p.decision is Switch.KEEP
             self.counts.update(p.errors)
             self.counts.update(p.warnings)
         return self
@@ -388,181 +389,24 @@ class ParseStats:
         return out
 
 
-# ----------------------------------------------------------------------------------------------- prompts
+# ----------------------------------------------------------------------------------------------- continuations
+#: the text the policy would write to KEEP: the canonical response (:func:`format_response`) up to and including
+#: the newline after ``</subgoal>``; ``{subgoal}`` is the subgoal in force (o_{t-1}). Paper switch mode reads the
+#: critic's V^low(s_t, o_{t-1}) on it.
+KEEP_CONTINUATION = "<switch>KEEP</switch>\n<subgoal>{subgoal}</subgoal>\n"
+#: the two teacher-forced switch decisions whose probabilities give beta (paper switch mode): the canonical
+#: response's first block up to its value, tokenized on their own.
+SWITCH_CONTINUATIONS = ("<switch>SWITCH", "<switch>KEEP")
 
-PROMPT_FAMILIES = ("household", "webshop")
+
+def shown_subgoal(current_subgoal: str | None) -> str:
+    """The subgoal text a prompt shows for ``current_subgoal`` (``None``/blank -> ``"None"``), stripped."""
+    return current_subgoal.strip() if current_subgoal is not None and current_subgoal.strip() else INITIAL_SUBGOAL
 
 
-@dataclass(frozen=True)
-class PromptConfig:
-    """Prompt rendering knobs.
+def keep_continuation(subgoal: str | None) -> str:
+    """The KEEP continuation text for the subgoal in force ``subgoal`` (``None``/blank -> ``"None"``, as prompts show).
 
-    ``history_length``: how many of the most recent (observation, action) pairs are shown.
-    ``max_chars``: if a rendered prompt is longer, the no-history variant is used for that turn (spec 2.3:
-    13,000 characters for WebShop; household prompts never get near it). ``None`` disables the fallback.
+    ``format_response("KEEP", g, a)`` starts with ``keep_continuation(g)`` for every valid ``g``.
     """
-
-    history_length: int = 2
-    max_chars: int | None = 13000
-
-
-_ROLE = {
-    "household": (
-        "You control an agent in a text-based household simulator. You can only act through the text "
-        "commands listed below."
-    ),
-    "webshop": (
-        "You control a shopping agent on a simulated online store. You browse by searching and clicking, "
-        "and the episode ends when you buy a product."
-    ),
-}
-
-_PLAN = (
-    "Work toward the task one sub-goal at a time. A sub-goal is a small objective that a few actions can "
-    "reach; it is neither the whole task nor a single command. At every step, look at the sub-goal you are "
-    "pursuing and decide whether to stay with it or to replace it."
-)
-
-_RULES = (
-    "Answer with exactly three blocks, in this order, and write nothing before, between or after them (no "
-    "explanations, no reasoning):\n"
-    "1. <switch>...</switch> holds only the word KEEP (stay with the current sub-goal) or SWITCH (start a new "
-    "one).\n"
-    "2. <subgoal>...</subgoal> is required at every step. After KEEP, repeat the current sub-goal exactly as "
-    "it is written above. After SWITCH, write a new, short sub-goal that a few actions can achieve; do not "
-    "restate the whole task.\n"
-    "3. <action>...</action> holds exactly one action, copied character for character from the available "
-    "actions."
-)
-
-_FORMAT = (
-    "Your answer must look like this:\n"
-    "<switch>KEEP or SWITCH</switch>\n"
-    "<subgoal>the sub-goal you follow now</subgoal>\n"
-    "<action>one available action</action>"
-)
-
-
-def _render_household_actions(admissible: Sequence[str]) -> str:
-    return "\n".join(f" '{a}'" for a in admissible if a.strip().lower() != "help")
-
-
-def _render_webshop_actions(admissible: Sequence[str]) -> str:
-    lines = []
-    for a in admissible:
-        a = a.strip()
-        low = a.lower()
-        if low == "search" or low.startswith("search["):
-            item = "search[<your query>]"
-        elif low.startswith("click[") and a.endswith("]"):
-            item = a
-        else:
-            item = f"click[{a}]"
-        if item not in lines:
-            lines.append(item)
-    return "\n".join(f" '{item}'" for item in lines)
-
-
-def _webshop_observation(observation: str, task: str) -> str:
-    """WebShop page text ``a [SEP] b [SEP] ...``: keep the parts after the instruction, each quoted."""
-    parts = observation.split(" [SEP] ")
-    if len(parts) == 1:
-        return observation
-    task_norm = task.strip().lower()
-    cut = 0
-    for i, part in enumerate(parts):
-        if task_norm and part.strip().lower() == task_norm:
-            cut = i + 1
-            break
-    kept = parts[cut:] or parts
-    return " [SEP] ".join(f"'{p}'" for p in kept)
-
-
-def _render(
-    family: str,
-    task: str,
-    observation: str,
-    actions_block: str,
-    current_subgoal: str,
-    history: Sequence[tuple[str, str]],
-    step: int,
-    first_history_step: int,
-) -> str:
-    parts = [_ROLE[family], _PLAN, f"Task: {task}"]
-    if history:
-        lines = [f"You have taken {step} step(s) so far. The last {len(history)} step(s):"]
-        for k, (obs, act) in enumerate(history):
-            i = first_history_step + k + 1
-            lines.append(f"- Step {i} observation: {obs}\n  Step {i} action: {act}")
-        parts.append("\n".join(lines))
-    parts.append(f"Current observation (step {step + 1}): {observation}")
-    if current_subgoal == INITIAL_SUBGOAL:
-        parts.append(
-            f"Current sub-goal: {INITIAL_SUBGOAL} (none chosen yet: answer SWITCH and write your first one)"
-        )
-    else:
-        parts.append(f"Current sub-goal: {current_subgoal}")
-    parts.append(f"Available actions:\n{actions_block}")
-    parts.append(_RULES)
-    parts.append(_FORMAT)
-    return "\n\n".join(parts)
-
-
-def render_prompt(
-    family: str,
-    *,
-    task: str,
-    observation: str,
-    admissible: Sequence[str],
-    current_subgoal: str | None,
-    history: Sequence[tuple[str, str]] = (),
-    step: int = 0,
-    config: PromptConfig | None = None,
-) -> str:
-    """The user-message text for one turn.
-
-    Args:
-        family: ``"household"`` (embedded household world and ALFWorld) or ``"webshop"``.
-        task: the task / instruction text.
-        observation: the current observation (for WebShop the raw ``[SEP]`` page text is fine: the parts
-            after the instruction are kept and quoted).
-        admissible: the admissible actions. Household: ``'help'`` is dropped and each is quoted. WebShop:
-            ``search``/``search[...]`` becomes ``search[<your query>]``, ``click[x]`` is kept, a bare ``x``
-            becomes ``click[x]``.
-        current_subgoal: the subgoal in force (``None`` -> ``"None"``, the start of an episode).
-        history: all previous (observation, action) pairs of the episode; the last
-            ``config.history_length`` are shown. Step 0 (or an empty history) uses the no-history variant.
-        step: number of env steps taken so far (0 at the first turn).
-        config: :class:`PromptConfig`; if the prompt exceeds ``max_chars`` the no-history variant is used.
-    """
-    if family not in PROMPT_FAMILIES:
-        raise ValueError(f"unknown prompt family {family!r}; known: {PROMPT_FAMILIES}")
-    cfg = config or PromptConfig()
-    subgoal = INITIAL_SUBGOAL if current_subgoal is None or not current_subgoal.strip() else current_subgoal
-    if family == "webshop":
-        obs = _webshop_observation(observation, task)
-        actions_block = _render_webshop_actions(admissible)
-    else:
-        obs = observation
-        actions_block = _render_household_actions(admissible)
-    k = cfg.history_length
-    shown = list(history[-k:]) if (k > 0 and step > 0) else []
-    if family == "webshop":
-        shown = [(_webshop_observation(o, task), a) for o, a in shown]
-    first = max(step - len(shown), 0)
-    text = _render(family, task, obs, actions_block, subgoal, shown, step, first)
-    if shown and cfg.max_chars is not None and len(text) > cfg.max_chars:
-        text = _render(family, task, obs, actions_block, subgoal, [], step, step)
-    return text
-
-
-def chat_prompt(tokenizer, user_text: str) -> str:
-    """Wrap ``user_text`` as a single user message with the tokenizer's chat template (generation prompt added).
-
-    Every turn is a fresh single-message prompt; the history lives inside ``user_text`` (spec 2.2).
-    """
-    messages = [{"role": "user", "content": user_text}]
-    out = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    if not isinstance(out, str):  # some tokenizer versions return a list for a single conversation
-        out = out[0]
-    return out
+    return KEEP_CONTINUATION.format(subgoal=shown_subgoal(subgoal))

@@ -1,4 +1,9 @@
-"""PPO losses (dual-clip policy loss, k3 KL, entropy, clipped value loss) and safe optimizer steps.
+"""PPO losses (a policy-loss registry, k3 KL, entropy, clipped value loss) and safe optimizer steps.
+
+Policy losses are pure per-token functions in a registry, as verl's ``core_algos.register_policy_loss``:
+``get_policy_loss(name)(logp, old_logp, adv, cfg) -> (losses, clipped, lower_clipped)``, all ``[B, L]``.
+``dual_clip`` (the paper's, spec §3.12) is the default; ``clip`` is vanilla PPO. Add one with
+``@register_policy_loss("name")`` and select it with ``actor.policy_loss``.
 
 All losses are **token sums**: they return ``sum over masked tokens`` and the caller divides by the
 number of loss tokens of the whole mini-batch, so a mini-batch split into padding-aware micro-batches
@@ -12,21 +17,58 @@ logs of the probability of the sampled token.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
+from hiper.settings import setting
+
 
 @dataclass
 class PPOLossConfig:
-    """Actor loss hyperparameters (verl names). ``clip_ratio_c`` > 1 enables the dual clip."""
+    """Actor loss hyperparameters (verl names); the run config's ``actor`` section extends it."""
 
-    clip_ratio_low: float = 0.2
-    clip_ratio_high: float = 0.2
-    clip_ratio_c: float = 3.0
-    kl_coef: float = 0.01
-    entropy_coeff: float = 0.001
+    policy_loss: str = setting("dual_clip", "policy loss from the registry: dual_clip (paper) or clip (vanilla PPO)",
+                               "spec §3.12")
+    clip_ratio_low: float = setting(0.2, "PPO clip epsilon below 1", "paper 0.2 (spec §4.1)")
+    clip_ratio_high: float = setting(0.2, "PPO clip epsilon above 1", "paper 0.2 (spec §4.1)")
+    clip_ratio_c: float = setting(3.0, "dual-clip constant (> 1): caps the loss of negative-advantage tokens",
+                                  "paper 3.0 (spec §4.1)")
+    kl_coef: float = setting(0.01, "weight of the k3 KL to the frozen reference policy (0 = no reference model)",
+                             "paper 0.01 (spec §4.1)")
+    entropy_coeff: float = setting(0.001, "entropy bonus weight", "paper 0.001 (spec §4.1)")
+
+
+#: per-token policy loss: ``(logp, old_logp, adv, cfg) -> (losses, clipped, lower_clipped)``, each ``[B, L]``
+PolicyLossFn = Callable[[Tensor, Tensor, Tensor, PPOLossConfig], tuple[Tensor, Tensor, Tensor]]
+_POLICY_LOSSES: dict[str, PolicyLossFn] = {}
+
+
+def register_policy_loss(name: str) -> Callable[[PolicyLossFn], PolicyLossFn]:
+    """Decorator registering a per-token policy loss under ``name`` (``ValueError`` on a duplicate)."""
+
+    def decorator(fn: PolicyLossFn) -> PolicyLossFn:
+        if name in _POLICY_LOSSES:
+            raise ValueError(f"policy loss {name!r} is already registered")
+        _POLICY_LOSSES[name] = fn
+        return fn
+
+    return decorator
+
+
+def get_policy_loss(name: str) -> PolicyLossFn:
+    """The registered policy loss ``name``; ``ValueError`` listing the known names otherwise."""
+    try:
+        return _POLICY_LOSSES[name]
+    except KeyError:
+        raise ValueError(f"unknown policy loss {name!r}; known: {policy_losses()}") from None
+
+
+def policy_losses() -> list[str]:
+    """Sorted names of the registered policy losses."""
+    return sorted(_POLICY_LOSSES)
 
 
 def masked_sum(x: Tensor, mask: Tensor) -> Tensor:
@@ -66,6 +108,17 @@ def dual_clip_pg_losses(
     return losses, clipped, lower_clipped
 
 
+@register_policy_loss("dual_clip")
+def _dual_clip(logp: Tensor, old_logp: Tensor, adv: Tensor, cfg: PPOLossConfig) -> tuple[Tensor, Tensor, Tensor]:
+    return dual_clip_pg_losses(logp, old_logp, adv, cfg.clip_ratio_low, cfg.clip_ratio_high, cfg.clip_ratio_c)
+
+
+@register_policy_loss("clip")
+def _clip(logp: Tensor, old_logp: Tensor, adv: Tensor, cfg: PPOLossConfig) -> tuple[Tensor, Tensor, Tensor]:
+    """Vanilla PPO clip (no dual clip): ``clip_ratio_c`` is ignored."""
+    return dual_clip_pg_losses(logp, old_logp, adv, cfg.clip_ratio_low, cfg.clip_ratio_high, 1.0)
+
+
 def kl_k3(logp: Tensor, ref_logp: Tensor) -> Tensor:
     """Per-token k3 ("low_var_kl") estimate of KL(pi || pi_ref), clamped to [-10, 10] as in verl."""
     log_ratio = torch.clamp(ref_logp - logp, -20.0, 20.0)
@@ -90,12 +143,10 @@ def actor_loss_sum(
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """Actor loss summed over the ``loss_mask`` tokens of one micro-batch (all inputs ``[B, L]``).
 
-    ``L = sum(pg) - entropy_coeff * sum(entropy) + kl_coef * sum(k3 KL)``; divide by the mini-batch's
+    ``pg`` is the per-token loss of ``cfg.policy_loss``; ``L = sum(pg) - entropy_coeff * sum(entropy) + kl_coef * sum(k3 KL)``; divide by the mini-batch's
     loss-token count for the token-mean. Returns the loss and detached per-term token sums for logging.
     """
-    losses, clipped, lower = dual_clip_pg_losses(
-        logp, old_logp, adv, cfg.clip_ratio_low, cfg.clip_ratio_high, cfg.clip_ratio_c
-    )
+    losses, clipped, lower = get_policy_loss(cfg.policy_loss)(logp, old_logp, adv, cfg)
     pg = masked_sum(losses, loss_mask)
     total = pg
     stats = {
@@ -179,6 +230,7 @@ def safe_step(
     if not loss_finite or not grads_finite(params):
         optimizer.zero_grad(set_to_none=True)
         return False, float("nan")
+    norm: Tensor | float
     if grad_clip is not None and grad_clip > 0:
         norm = torch.nn.utils.clip_grad_norm_(params, grad_clip)
     else:

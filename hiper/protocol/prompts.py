@@ -1,0 +1,239 @@
+"""Prompt rendering: the official Plan-Execute prompt per family (spec §2.3), the compact CPU prompt, chat wrapping.
+
+A *renderer* is ``renderer(family, *, task, observation, admissible, current_subgoal, history, step) -> str``;
+:func:`render_prompt` is the official one and :func:`compact_renderer` a short one for CPU-sized models.
+:data:`RENDERERS` maps the ``env.prompt`` config value to a renderer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from hiper.protocol.grammar import INITIAL_SUBGOAL
+
+PROMPT_FAMILIES = ("household", "webshop")
+
+
+@dataclass(frozen=True)
+class PromptConfig:
+    """Prompt rendering knobs.
+
+    ``history_length``: how many of the most recent (observation, action) pairs are shown.
+    ``max_chars``: if a rendered prompt is longer, the no-history variant is used for that turn (spec 2.3:
+    13,000 characters for WebShop; household prompts never get near it). ``None`` disables the fallback.
+    """
+
+    history_length: int = 2
+    max_chars: int | None = 13000
+
+
+_ROLE = {
+    "household": (
+        "You control an agent in a text-based household simulator. You can only act through the text "
+        "commands listed below."
+    ),
+    "webshop": (
+        "You control a shopping agent on a simulated online store. You browse by searching and clicking, "
+        "and the episode ends when you buy a product."
+    ),
+}
+
+_PLAN = (
+    "Work toward the task one sub-goal at a time. A sub-goal is a small objective that a few actions can "
+    "reach; it is neither the whole task nor a single command. At every step, look at the sub-goal you are "
+    "pursuing and decide whether to stay with it or to replace it."
+)
+
+_RULES = (
+    "Answer with exactly three blocks, in this order, and write nothing before, between or after them (no "
+    "explanations, no reasoning):\n"
+    "1. <switch>...</switch> holds only the word KEEP (stay with the current sub-goal) or SWITCH (start a new "
+    "one).\n"
+    "2. <subgoal>...</subgoal> is required at every step. After KEEP, repeat the current sub-goal exactly as "
+    "it is written above. After SWITCH, write a new, short sub-goal that a few actions can achieve; do not "
+    "restate the whole task.\n"
+    "3. <action>...</action> holds exactly one action, copied character for character from the available "
+    "actions."
+)
+
+_FORMAT = (
+    "Your answer must look like this:\n"
+    "<switch>KEEP or SWITCH</switch>\n"
+    "<subgoal>the sub-goal you follow now</subgoal>\n"
+    "<action>one available action</action>"
+)
+
+
+def _render_household_actions(admissible: Sequence[str]) -> str:
+    return "\n".join(f" '{a}'" for a in admissible if a.strip().lower() != "help")
+
+
+def _render_webshop_actions(admissible: Sequence[str]) -> str:
+    lines = []
+    for a in admissible:
+        a = a.strip()
+        low = a.lower()
+        if low == "search" or low.startswith("search["):
+            item = "search[<your query>]"
+        elif low.startswith("click[") and a.endswith("]"):
+            item = a
+        else:
+            item = f"click[{a}]"
+        if item not in lines:
+            lines.append(item)
+    return "\n".join(f" '{item}'" for item in lines)
+
+
+def _webshop_observation(observation: str, task: str) -> str:
+    """WebShop page text ``a [SEP] b [SEP] ...``: keep the parts after the instruction, each quoted."""
+    parts = observation.split(" [SEP] ")
+    if len(parts) == 1:
+        return observation
+    task_norm = task.strip().lower()
+    cut = 0
+    for i, part in enumerate(parts):
+        if task_norm and part.strip().lower() == task_norm:
+            cut = i + 1
+            break
+    kept = parts[cut:] or parts
+    return " [SEP] ".join(f"'{p}'" for p in kept)
+
+
+def _render(
+    family: str,
+    task: str,
+    observation: str,
+    actions_block: str,
+    current_subgoal: str,
+    history: Sequence[tuple[str, str]],
+    step: int,
+    first_history_step: int,
+) -> str:
+    parts = [_ROLE[family], _PLAN, f"Task: {task}"]
+    if history:
+        lines = [f"You have taken {step} step(s) so far. The last {len(history)} step(s):"]
+        for k, (obs, act) in enumerate(history):
+            i = first_history_step + k + 1
+            lines.append(f"- Step {i} observation: {obs}\n  Step {i} action: {act}")
+        parts.append("\n".join(lines))
+    parts.append(f"Current observation (step {step + 1}): {observation}")
+    if current_subgoal == INITIAL_SUBGOAL:
+        parts.append(
+            f"Current sub-goal: {INITIAL_SUBGOAL} (none chosen yet: answer SWITCH and write your first one)"
+        )
+    else:
+        parts.append(f"Current sub-goal: {current_subgoal}")
+    parts.append(f"Available actions:\n{actions_block}")
+    parts.append(_RULES)
+    parts.append(_FORMAT)
+    return "\n\n".join(parts)
+
+
+def render_prompt(
+    family: str,
+    *,
+    task: str,
+    observation: str,
+    admissible: Sequence[str],
+    current_subgoal: str | None,
+    history: Sequence[tuple[str, str]] = (),
+    step: int = 0,
+    config: PromptConfig | None = None,
+) -> str:
+    """The user-message text for one turn.
+
+    Args:
+        family: ``"household"`` (embedded household world and ALFWorld) or ``"webshop"``.
+        task: the task / instruction text.
+        observation: the current observation (for WebShop the raw ``[SEP]`` page text is fine: the parts
+            after the instruction are kept and quoted).
+        admissible: the admissible actions. Household: ``'help'`` is dropped and each is quoted. WebShop:
+            ``search``/``search[...]`` becomes ``search[<your query>]``, ``click[x]`` is kept, a bare ``x``
+            becomes ``click[x]``.
+        current_subgoal: the subgoal in force (``None`` -> ``"None"``, the start of an episode).
+        history: all previous (observation, action) pairs of the episode; the last
+            ``config.history_length`` are shown. Step 0 (or an empty history) uses the no-history variant.
+        step: number of env steps taken so far (0 at the first turn).
+        config: :class:`PromptConfig`; if the prompt exceeds ``max_chars`` the no-history variant is used.
+    """
+    if family not in PROMPT_FAMILIES:
+        raise ValueError(f"unknown prompt family {family!r}; known: {PROMPT_FAMILIES}")
+    cfg = config or PromptConfig()
+    subgoal = INITIAL_SUBGOAL if current_subgoal is None or not current_subgoal.strip() else current_subgoal
+    if family == "webshop":
+        obs = _webshop_observation(observation, task)
+        actions_block = _render_webshop_actions(admissible)
+    else:
+        obs = observation
+        actions_block = _render_household_actions(admissible)
+    k = cfg.history_length
+    shown = list(history[-k:]) if (k > 0 and step > 0) else []
+    if family == "webshop":
+        shown = [(_webshop_observation(o, task), a) for o, a in shown]
+    first = max(step - len(shown), 0)
+    text = _render(family, task, obs, actions_block, subgoal, shown, step, first)
+    if shown and cfg.max_chars is not None and len(text) > cfg.max_chars:
+        text = _render(family, task, obs, actions_block, subgoal, [], step, step)
+    return text
+
+
+def chat_prompt(tokenizer: Any, user_text: str) -> str:
+    """Wrap ``user_text`` as a single user message with the tokenizer's chat template (generation prompt added).
+
+    Every turn is a fresh single-message prompt; the history lives inside ``user_text`` (spec 2.2).
+    """
+    messages = [{"role": "user", "content": user_text}]
+    out = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    if not isinstance(out, str):  # some tokenizer versions return a list for a single conversation
+        out = out[0]
+    return out
+
+
+# ----------------------------------------------------------------------------------------------- compact
+
+_WELCOME = "-= Welcome to TextWorld, ALFRED! =-"
+
+
+def _clean_observation(observation: str) -> str:
+    """Drop the TextWorld banner and the task sentence (the task has its own line) and blank lines."""
+    text = observation.replace(_WELCOME, " ")
+    cut = text.find("Your task is to:")
+    if cut >= 0:
+        text = text[:cut]
+    return " ".join(text.split())
+
+
+def compact_renderer(
+    family: str,
+    *,
+    task: str,
+    observation: str,
+    admissible: Sequence[str],
+    current_subgoal: str | None,
+    history: Sequence[tuple[str, str]] = (),
+    step: int = 0,
+    **_: Any,
+) -> str:
+    """A short user prompt with the same slots as the standard one (spec 2.3), for CPU-sized models.
+
+    Slots: task, the last actions taken (the history's actions), the current observation, the current
+    subgoal ("None" at the start) and the admissible actions (``help`` dropped). About 60-120 tokens
+    with the demo tokenizer instead of ~450 for :func:`hiper.protocol.render_prompt`.
+    """
+    del family
+    subgoal = current_subgoal if current_subgoal and current_subgoal.strip() else INITIAL_SUBGOAL
+    lines = [f"task: {task}"]
+    if history:
+        lines.append("last: " + " ; ".join(a for _, a in history))
+    lines.append(f"obs: {_clean_observation(observation)}")
+    lines.append(f"subgoal: {subgoal}")
+    lines.append("actions: " + " | ".join(a for a in admissible if a.strip().lower() != "help"))
+    return "\n".join(lines)
+
+
+#: ``env.prompt`` config value -> renderer (``render_prompt``'s history trimming is configured by the caller).
+RENDERERS: dict[str, Callable[..., str]] = {"default": render_prompt, "compact": compact_renderer}
+
+__all__ = ["PROMPT_FAMILIES", "RENDERERS", "PromptConfig", "chat_prompt", "compact_renderer", "render_prompt"]
