@@ -137,7 +137,7 @@ def test_hae_estimator_output_contract():
         assert bool((adv[~sel] == 0).all())
     # shaping reached the rewards and is logged
     assert float(out.shaped_rewards.terms["keep"].sum()) < 0.0
-    for key in ("shaping/keep", "shaping/invalid", "shaping/keep_consistency", "switch/rate",
+    for key in ("shaping/keep", "shaping/invalid", "shaping/keep_consistency", "switch/rate_after_first",
                 "hae/mean_segment_length", "adv/action_mean", "adv/subgoal_std", "adv/switch_max",
                 "returns/high_mean"):  # fmt: skip
         assert key in out.metrics, key

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -215,3 +217,45 @@ def test_file_errors(tmp_path):
     loop.write_text(f"base: {loop}\n")
     with pytest.raises(ConfigError, match="cycle"):
         load_config(str(loop), [])
+
+
+def test_every_setting_is_declared_with_help_and_the_reference_is_in_sync() -> None:
+    """Each key of the run config is one declared field (type, default, one-line help); docs/config_reference.md is
+    generated from those declarations and must match them (regenerate: python -m hiper.config.reference)."""
+    from pathlib import Path
+
+    from hiper.config.reference import reference_markdown
+    from hiper.settings import help_of
+
+    pending = [HiperConfig()]
+    n_fields = 0
+    while pending:
+        obj = pending.pop()
+        for f in dataclasses.fields(obj):
+            help_text, _ = help_of(f)
+            assert help_text and "\n" not in help_text, f"{type(obj).__name__}.{f.name} has no one-line help"
+            n_fields += 1
+            value = getattr(obj, f.name)
+            if dataclasses.is_dataclass(value):
+                pending.append(value)
+    assert n_fields > 100
+    doc = Path(__file__).resolve().parents[1] / "docs" / "config_reference.md"
+    assert doc.read_text() == reference_markdown(), "stale docs/config_reference.md: python -m hiper.config.reference"
+
+
+def test_one_mapping_from_config_to_estimator() -> None:
+    """A baseline gets KEEP shaping only from its own section; every estimator gets the actor's invalid penalty;
+    hae and gae take algorithm.gamma / algorithm.lam, gigpo keeps its own discount."""
+    from hiper.config import estimator_config
+
+    cfg = load_config(None, ["algorithm.adv_estimator=grpo", "env.group_size=4", "critic.enabled=false"])
+    assert cfg.algorithm.hae.keep_penalty == -0.3  # the preset's HAE shaping ...
+    grpo = estimator_config(cfg)
+    assert (grpo.keep_penalty, grpo.keep_consistency_penalty, grpo.keep_penalty_mode) == (0.0, 0.0, "fixed")  # ... stays HAE's
+    assert grpo.invalid_penalty == cfg.actor.invalid_action_penalty_coef == 1.0
+    cfg = load_config(None, ["algorithm.adv_estimator=grpo", "env.group_size=4", "algorithm.grpo.keep_penalty=-0.2"])
+    assert estimator_config(cfg).keep_penalty == -0.2
+    cfg = load_config(None, ["algorithm.gamma=0.8", "algorithm.lam=0.9"])
+    hae, gae, gigpo = (estimator_config(cfg, n) for n in ("hae", "gae", "gigpo"))
+    assert (hae.gamma, hae.lam, gae.gamma, gae.lam) == (0.8, 0.9, 0.8, 0.9)
+    assert gigpo.gamma == 0.95

@@ -272,7 +272,9 @@ def _common_metrics(inputs: AdvantageInputs, shaped: ShapedRewards) -> dict[str,
         later = mask.clone()
         later[:, 0] = False
         n_later = int(later.sum())
-        out["switch/rate"] = float((inputs.switch & later).sum()) / n_later if n_later else 0.0
+        # the flag's share among turns t >= 1 (turn 0 starts a segment whatever its flag); not the rollout-level
+        # ``switch_rate``, which counts every turn
+        out["switch/rate_after_first"] = float((inputs.switch & later).sum()) / n_later if n_later else 0.0
     return out
 
 

@@ -44,6 +44,7 @@ from pathlib import Path
 from typing import Any
 
 from hiper.envs.base import ALFWORLD_TASK_PREFIXES, TASK_TYPES, ExpertStep, TaskSpec
+from hiper.envs.pool import EnvPool
 from hiper.envs.data import alfworld_json_dir
 
 #: ALFWorld game-folder prefix -> short task-type name (the household env's names).
@@ -492,8 +493,6 @@ def replay_expert(
     "reason"}]}``.
     """
     import time
-
-    from hiper.envs.pool import EnvPool
 
     data_dir = alfworld_json_dir(data_dir)  # resolve (and unpack) once, here, not in every worker
     task_list = AlfWorldEnv.tasks(split, n=n, data_dir=data_dir)

@@ -140,7 +140,7 @@ class ValueModel(nn.Module):
         ``input_ids``/``attention_mask`` are ``[B, P + L]`` with ``P = prompt_width``; ``v_low_pos`` is
         ``[B]`` long, response positions in ``[0, L)``. With ``keep_ids``/``keep_mask`` (``[B, K]``, right-padded
         KEEP-continuation tokens that end at the low read position, see
-        :meth:`hiper.trainer.turn_batch.TurnBatch.attach_keep_continuations`) the result also has
+        :meth:`hiper.batch.TurnBatch.with_keep_continuations`) the result also has
         ``low_keep`` = V^low(s_t, o_{t-1}): the low head after the last KEEP token, from the same prompt encoding.
         """
         with_keep = keep_ids is not None

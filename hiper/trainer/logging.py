@@ -38,7 +38,7 @@ CONSOLE_PRIORITY = (
     "actor/entropy",
     "critic/loss",
     "critic/explained_var_low",
-    "switch/rate",
+    "train/switch_rate",
     "time/iteration",
 )
 

@@ -31,6 +31,7 @@ from hiper.protocol.spans import TokenByteTable
 from hiper.rollout.engine import GenerationEngine, derive_seed
 from hiper.rollout.hf import HFEngine
 from hiper.rollout.manager import EnvManager
+from hiper.rollout.vllm_engine import VLLMEngine  # imports vllm only when an engine is built
 from hiper.trainer import algorithm, checkpoint, forward, metrics, sft
 from hiper.trainer.algorithm import EVAL_STREAM, IterationResult, Learner
 
@@ -121,8 +122,6 @@ class Trainer:
         of the weights, refreshed by ``engine.sync()`` after each update)."""
         if self._engine is None:
             if self.config.rollout.engine == "vllm":
-                from hiper.rollout.vllm_engine import VLLMEngine  # optional extra
-
                 if not self.config.model.path:
                     raise ValueError("rollout.engine=vllm needs model.path (a checkpoint vLLM can load)")
                 engine = VLLMEngine.from_pretrained(self.config.model.path, tokenizer=self.tokenizer,

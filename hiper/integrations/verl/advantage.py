@@ -19,7 +19,7 @@ Critic variants (``critic_heads``):
   the same head read after ``</subgoal>`` (state and the chosen subgoal). It approximates the official
   three-head critic (spec §3.11): high and term share a position, so on boundary turns that position regresses
   to a weighted mean of G_high and G_term.
-* ``3``: per-position values carry three channels (low, high, term), read as in ``hiper.trainer.critic``
+* ``3``: per-position values carry three channels (low, high, term), read as in ``hiper.models.critic``
   (opt-in on verl 0.9.1's FSDP critic: :mod:`hiper.integrations.verl.critic_heads`).
 """
 

@@ -57,7 +57,7 @@ def check_verl_version(version: str | None = None) -> str:
         raise CriticHeadsUnsupported(
             f"hiper.critic_heads=3 patches verl's FSDP critic builder and supports verl=={SUPPORTED_VERL_VERSION} "
             f"only (installed: verl {version}). Use hiper.critic_heads=1 (single head, position-read) on this "
-            "version, or the built-in trainer (hiper train ... critic.n_heads=3)."
+            "version, or the built-in trainer (hiper train: a three-head critic with algorithm.hae.switch_mode=code)."
         )
     return version
 

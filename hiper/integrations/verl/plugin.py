@@ -67,6 +67,8 @@ def register_all(
     ``verl.trainer.ppo.v1.trainer_base.register_trainer``, ``verl.trainer.ppo.core_algos.register_adv_est``);
     tests pass fakes. Idempotent: registering the same objects again is a no-op in verl's registries.
     """
+    # imported here, not at the top: verl imports this module while ``import verl`` runs, and these two import
+    # verl's own classes, which must not be imported before verl has finished initialising
     from hiper.integrations.verl.agent_loop import AGENT_NAME, HiPERAgentLoop
     from hiper.integrations.verl.trainer import TRAINER_NAME, HiPERTrainer
 
@@ -122,7 +124,7 @@ def install_critic_heads_patch() -> str:
     ``LAST_REPORT["critic_heads"]`` and return it. Another verl version is not an error here (the patch is
     opt-in): ``HiPERTrainer`` refuses ``hiper.critic_heads: 3`` there with the supported version in the message.
     """
-    from hiper.integrations.verl import critic_heads
+    from hiper.integrations.verl import critic_heads  # verl internals: only after ``import verl`` (see above)
 
     try:
         status = "ok: " + critic_heads.install()

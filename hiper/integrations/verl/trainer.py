@@ -57,7 +57,7 @@ PAPER_SWITCH_MESSAGE = (
     "algorithm.hae.switch_mode=paper: its switch advantage (q - beta)(V^high - V^low_keep) needs beta (the actor's "
     "P(SWITCH) over the SWITCH/KEEP continuations) and V^low on the KEEP continuation, extra forward passes the "
     "verl trainer does not run. It is supported by the built-in trainer (hiper train "
-    "algorithm.hae.switch_mode=paper critic.n_heads=2). On verl use switch_mode=code: with hiper.critic_heads=3 "
+    "algorithm.hae.switch_mode=paper). On verl use switch_mode=code: with hiper.critic_heads=3 "
     "the term head is its own channel (the official code path); with the default hiper.critic_heads=1 V^term is "
     "the single head read at response position 0, shared with V^high"
 )
