@@ -44,8 +44,8 @@ from pathlib import Path
 from typing import Any
 
 from hiper.envs.base import ALFWORLD_TASK_PREFIXES, TASK_TYPES, ExpertStep, TaskSpec
-from hiper.envs.pool import EnvPool
 from hiper.envs.data import alfworld_json_dir
+from hiper.envs.pool import EnvPool
 
 #: ALFWorld game-folder prefix -> short task-type name (the household env's names).
 TASK_TYPE_OF_PREFIX = ALFWORLD_TASK_PREFIXES
