@@ -10,6 +10,8 @@ import argparse
 import importlib
 import sys
 
+from hiper import __version__
+
 #: subcommand -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("hiper.trainer.cli_train", "train an agent (SFT warm start + RL); default: the CPU demo"),
@@ -19,12 +21,13 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "evaluate a policy (checkpoint, expert, random, oracle) on a fixed task panel",
     ),
     "play": ("hiper.play", "type the model's part yourself, turn by turn"),
-    "bench": ("hiper.bench", "benchmarks (advantage, env, rollout)"),
+    "bench": ("hiper.bench", "benchmarks (advantage, env, rollout, iteration)"),
 }
 
 
 def _top_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="hiper", description=__doc__.splitlines()[0])
+    p.add_argument("--version", action="version", version=f"hiper {__version__}")
     p.add_argument(
         "command", choices=sorted(COMMANDS), help="; ".join(f"{k}: {v[1]}" for k, v in COMMANDS.items())
     )
@@ -34,7 +37,7 @@ def _top_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] not in COMMANDS:
-        _top_parser().parse_args(argv[:1] or ["--help"])
+        _top_parser().parse_args(argv[:1] or ["--help"])  # --help / --version exit here; a bad command exits 2
         return 2
     name, rest = argv[0], argv[1:]
     module_name, help_text = COMMANDS[name]

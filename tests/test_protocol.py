@@ -541,3 +541,17 @@ def test_history_length_zero_and_no_length_fallback():
 def test_subgoal_may_contain_angle_brackets_that_are_not_tags():
     p = _p("<switch>SWITCH</switch><subgoal>open the <red> box</subgoal><action>look</action>")
     assert p.valid and p.subgoal == "open the <red> box" and p.warnings == ()
+
+
+def test_tags_and_switch_values_fold_ascii_case_only() -> None:
+    """Unicode case folding would accept look-alikes: U+017F (long s) upper-cases to 'S', U+212A (Kelvin) is 'k'."""
+    long_s = "<\u017fwitch>SWITCH</\u017fwitch><subgoal>g</subgoal><action>look</action>"
+    p = parse_response(long_s)
+    assert not p.valid and p.decision is Switch.INVALID and "missing_switch" in p.errors
+    strict = parse_response("<switch>KEEP</switch>\n<subgoal>g</subgoal>\n<action>look</action>\n<\u017fwitch>x", strict=True)
+    assert strict.errors == ("text_outside_blocks",)  # stray text, not a duplicate switch block
+    p = parse_response("<switch>\u017fWITCH</switch><subgoal>g</subgoal><action>look</action>")
+    assert p.decision is Switch.INVALID and "bad_switch_value" in p.errors
+    p = parse_response("<switch>\u212aEEP</switch><subgoal>g</subgoal><action>look</action>")
+    assert p.decision is Switch.INVALID and "bad_switch_value" in p.errors
+    assert parse_response("<SWITCH>keep</SWITCH><subgoal>g</subgoal><action>look</action>").decision is Switch.KEEP

@@ -71,6 +71,15 @@ def _reference(text: str, offsets: list[tuple[int, int]], n_tokens: int):
             for j, (s, e) in enumerate(offsets):
                 m[j] = s < span[1] and e > span[0] and e > s
         masks.append(m)
+    # one role per token: a token overlapping two blocks belongs to the block holding its first char, else to
+    # the first block (in the text) it overlaps
+    for j, (s, _) in enumerate(offsets):
+        roles = [k for k in range(3) if masks[k][j]]
+        if len(roles) > 1:
+            own = [k for k in roles if p.spans[k][0] <= s < p.spans[k][1]]
+            keep = own[0] if own else min(roles, key=lambda k: p.spans[k][0])
+            for k in roles:
+                masks[k][j] = k == keep
     if p.action_span is None:
         masks[2] = np.ones(n_tokens, dtype=bool)
     close = p.subgoal_span or p.switch_span
@@ -81,14 +90,19 @@ def _reference(text: str, offsets: list[tuple[int, int]], n_tokens: int):
 def _check_byte_cover(
     table: TokenByteTable, ids: list[int], mask: np.ndarray, span_bytes: bytes, byte_start: int
 ):
-    """Masked tokens are contiguous and cover the span; only the two boundary tokens may stick out."""
+    """Masked tokens are contiguous and cover the span; only the two boundary tokens may stick out. The one
+    exception (one role per token): the span's first bytes may sit in a token that starts in the block before it,
+    which keeps that token (``><`` of touching blocks); then the mask starts right after that token."""
     idx = np.flatnonzero(mask)
     assert idx.size and (np.diff(idx) == 1).all()
     lens = table.lengths[np.asarray(ids)]
     starts = np.concatenate([[0], np.cumsum(lens)[:-1]])
     first, last = idx[0], idx[-1]
-    covered = table.token_bytes([ids[j] for j in idx])
     lead = byte_start - starts[first]
+    if lead < 0:  # the token before ``first`` starts before the span and reaches into it
+        assert first > 0 and starts[first - 1] < byte_start < starts[first - 1] + lens[first - 1]
+        span_bytes, byte_start, lead = span_bytes[starts[first] - byte_start :], int(starts[first]), 0
+    covered = table.token_bytes([ids[j] for j in idx])
     trail = (starts[last] + lens[last]) - (byte_start + len(span_bytes))
     assert 0 <= lead < lens[first] and 0 <= trail < lens[last]
     assert covered[lead : lead + len(span_bytes)] == span_bytes
@@ -349,8 +363,25 @@ def test_lazy_canonical_rows_equal_the_eager_parse(qwen):
     assert list(sb.parsed) == eager and sb.parsed[1:3] == eager[1:3]
     assert sb.switch.tolist() == [p.switch for p in eager] == [True, False, False, False, False, False, True]
     assert sb.valid.tolist() == [p.valid for p in eager]
-    for r, p in enumerate(eager):  # the masks cover exactly the tokens overlapping the parser's char spans
-        offs = tok(texts[r], add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
-        for span, mask in ((p.switch_span, sb.switch_mask), (p.subgoal_span, sb.subgoal_mask)):
-            want = [span is not None and s < span[1] and e > span[0] for s, e in offs] + [False]
-            assert mask[r, : len(want)].tolist() == want
+    for r, p in enumerate(eager):  # the masks are the reference's: tokens overlapping the spans, one role each
+        offs = [tuple(o) for o in tok(texts[r], add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]]
+        _, ref, _ = _reference(texts[r], offs, len(offs) + 1)
+        for want, mask in ((ref[0], sb.switch_mask), (ref[1], sb.subgoal_mask)):
+            assert mask[r, : len(want)].tolist() == want.tolist()
+
+
+def test_a_token_straddling_touching_blocks_gets_one_role(qwen) -> None:
+    """Blocks written without newlines merge into ``><`` tokens that overlap two blocks; each such token belongs to
+    the block its first byte lies in (docs/protocol.md), so no token carries two advantages."""
+    tok, table = qwen
+    text = "<switch>KEEP</switch><subgoal>find the mug</subgoal><action>go to desk 1</action>"
+    ids = tok(text, add_special_tokens=False)["input_ids"]
+    pieces = [tok.decode([i]) for i in ids]
+    sb = token_spans(table, [ids])
+    sw, sg, ac = (getattr(sb, f"{r}_mask")[0] for r in ("switch", "subgoal", "action"))
+    assert not bool((sw & sg).any() or (sg & ac).any() or (sw & ac).any())
+    straddling = [j for j, p in enumerate(pieces) if p == "><"]
+    assert len(straddling) == 2
+    assert bool(sw[straddling[0]]) and bool(sg[straddling[1]])  # the '>' that closes the earlier block
+    assert bool((sw | sg | ac).all())  # and every token still has its role
+    assert int(sb.v_low_pos[0]) == straddling[1] + 1  # V_low still reads right after </subgoal>

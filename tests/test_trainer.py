@@ -200,3 +200,24 @@ def test_dict_config_goes_through_the_schema() -> None:
         Trainer({"actor": {"lrr": 1e-3}})
     with pytest.raises(ConfigError, match="actor.lr=-1.0 must be > 0"):
         Trainer({"actor": {"lr": -1.0}})
+
+
+@pytest.mark.parametrize("estimator", ["hae", "gae"])
+def test_parallel_phases_are_bit_identical(estimator: str, tokenizer) -> None:
+    """Reference log-probs with critic values, and the critic update with the actor update, on two threads give
+    exactly the sequential result (trainer.parallel_phases)."""
+    runs = {}
+    for parallel in (False, True):
+        trainer = Trainer(tiny_config(estimator, trainer={"total_iterations": 2, "eval_every": 0, "num_threads": 1,
+                                                          "parallel_phases": parallel}), tokenizer=tokenizer)
+        metrics = [trainer.iteration() for _ in range(2)]
+        runs[parallel] = (trainer, metrics)
+    (seq, m_seq), (par, m_par) = runs[False], runs[True]
+    a, b = _params(seq), _params(par)
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    assert torch.equal(seq.last.targets.advantages, par.last.targets.advantages)
+    for key in ("actor/pg_loss", "critic/loss", "actor/kl"):
+        assert m_seq[-1][key] == m_par[-1][key], key
+    assert {"time/critic_update", "time/actor_update"} <= set(m_par[-1])

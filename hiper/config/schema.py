@@ -182,6 +182,8 @@ class TrainerSection:
     resume: str | None = setting(None, "null (fresh run), auto (latest checkpoint in output_dir) or a checkpoint dir")
     device: str = setting("cpu", "torch device of the models: cpu, cuda, cuda:N")
     num_threads: int | None = setting(None, "torch CPU threads (null = torch's default)")
+    parallel_phases: bool = setting(True, "run independent phases on two threads (reference log-probs with critic "
+                                    "values, critic update with actor update); bit-identical results")
 
 
 @dataclass

@@ -273,7 +273,7 @@ def _check_trainer(cfg: HiperConfig) -> None:
     if "wandb" in tr.logger:
         _check(
             _has_module("wandb"),
-            "trainer.logger lists wandb but it is not installed: pip install wandb or "
+            "trainer.logger lists wandb but it is not installed: pip install 'hiper[wandb]' or "
             "drop it, e.g. trainer.logger=[console,jsonl]",
         )
     if "tensorboard" in tr.logger:

@@ -31,6 +31,7 @@ import torch
 from torch import Tensor, nn
 
 from hiper.config.schema import CriticConfig
+from hiper.rollout.hf import cache_keyword
 from hiper.models.policy import backbone_and_head, hidden_states, position_ids_from_mask, resolve_dtype
 
 #: channel index of each named head.
@@ -93,8 +94,8 @@ def continue_from_prompt(
         input_ids=cont_ids,
         attention_mask=torch.cat([prompt_mask, cont_mask], dim=1),
         position_ids=positions,
-        past_key_values=cache,
         use_cache=True,
+        **{cache_keyword(decoder): cache},
     )
     return out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
 

@@ -127,7 +127,9 @@ _FAST_NONBLANK = re.compile(
     r"\s*(<switch>(KEEP|SWITCH)</switch>)\s*(<subgoal>(\s*[^<\s][^<]*)</subgoal>)\s*"
     r"(<action>(\s*[^<\s][^<]*)</action>)\s*\Z"
 )
-_TAG = re.compile(r"<(/?)(switch|subgoal|action)>", re.IGNORECASE)
+# ASCII-only case folding: with plain IGNORECASE, Unicode folding makes "<ſwitch>" (U+017F) and "<Keep>"-style
+# look-alikes count as tags
+_TAG = re.compile(r"<(/?)(switch|subgoal|action)>", re.IGNORECASE | re.ASCII)
 # Chinese/Japanese/Korean scripts and CJK punctuation (the official check is [\u4e00-\u9fff] only).
 _CJK = re.compile("[\u3000-\u303f\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff]")
 _new = object.__new__
@@ -221,8 +223,8 @@ def _parse_slow(text: str, strict: bool) -> ParsedResponse:  # noqa: C901 - one 
     if "switch" in blocks:
         b = blocks["switch"]
         raw_value = text[b[1] : b[2]]
-        value = raw_value.strip().upper()
-        if value not in ("KEEP", "SWITCH") or (strict and raw_value != value):
+        value = raw_value.strip().upper()  # an ASCII original is required: "ſwitch".upper() == "SWITCH"
+        if value not in ("KEEP", "SWITCH") or not raw_value.isascii() or (strict and raw_value != value):
             problems.append("bad_switch_value")
         else:
             switch = Switch(value)

@@ -261,6 +261,27 @@ def _decode_with_offsets(raw: bytes) -> tuple[str, np.ndarray | None]:
     return text, char_to_byte
 
 
+def _one_role_per_token(masks: list[np.ndarray], token_starts: np.ndarray, spans: np.ndarray) -> list[np.ndarray]:
+    """Make the three block masks disjoint: a token overlapping two blocks (touching blocks merge, e.g. Qwen's
+    ``><`` token in ``</switch><subgoal>``) belongs to the block its first byte lies in, or, when its first byte
+    lies in no block (a gap character merged with a tag), to the first block it overlaps.
+
+    ``masks``: three bool ``[B, L]`` (switch, subgoal, action); ``token_starts`` ``[B, L]`` global byte offsets;
+    ``spans`` ``[B, 3, 2]`` global byte spans of the blocks (empty spans never contain a byte).
+    """
+    stacked = np.stack(masks)  # [3, B, L]
+    shared = stacked.sum(axis=0) > 1
+    if not shared.any():
+        return masks
+    starts_in = (token_starts[None] >= spans[:, :, 0].T[:, :, None]) & (token_starts[None] < spans[:, :, 1].T[:, :, None])
+    own = stacked & starts_in  # the block holding the token's first byte (at most one: blocks are disjoint)
+    # no block holds the first byte: the overlapped block that starts first
+    block_start = np.where(stacked, spans[:, :, 0].T[:, :, None], np.iinfo(np.int64).max)
+    first_block = stacked & (block_start == block_start.min(axis=0, keepdims=True))
+    chosen = np.where(own.any(axis=0, keepdims=True), own, first_block)
+    return [np.where(shared, chosen[k], stacked[k]) for k in range(3)]
+
+
 def token_spans(
     table: TokenByteTable,
     response_ids: torch.Tensor | np.ndarray | Sequence[Sequence[int]],
@@ -367,6 +388,7 @@ def token_spans(
     pos = np.arange(width, dtype=np.int64)[None, :]
     nonempty = lens > 0  # special tokens and padding have no bytes and are never in a block mask
     masks = [(pos >= first[:, k, None]) & (pos < stop[:, k, None]) & nonempty for k in range(3)]
+    masks = _one_role_per_token(masks, starts + row_offset[:-1, None], span_arr)
     action_mask = np.where(has_action[:, None], masks[2], mask)
 
     # value read position: the number of tokens that start before the close tag's end, i.e. the index of

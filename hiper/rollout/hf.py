@@ -32,6 +32,13 @@ from hiper.rollout.engine import FinishReason, GenerationOutput, check_sampling_
 _COMPACT_FRACTION = 0.25
 
 
+def cache_keyword(model: Any) -> str:
+    """The keyword a model's ``forward`` takes its KV cache under: ``cache`` (transformers >= 5.25, which warns on
+    the old name) or ``past_key_values``. peft wrappers hide the base forward's keywords but pass them through."""
+    fwd = model.get_base_model().forward if hasattr(model, "get_base_model") else model.forward
+    return "cache" if "cache" in inspect.signature(fwd).parameters else "past_key_values"
+
+
 def _eos_ids(model: Any, tokenizer: Any) -> list[int]:
     ids: set[int] = set()
     for source in (
@@ -84,6 +91,7 @@ class HFEngine:
         fwd = model.get_base_model().forward if hasattr(model, "get_base_model") else model.forward
         params = inspect.signature(fwd).parameters
         self._keep_kw = next((k for k in ("logits_to_keep", "num_logits_to_keep") if k in params), None)
+        self._cache_kw = cache_keyword(model)
 
     # -- weights --------------------------------------------------------------------------------
 
@@ -170,8 +178,8 @@ class HFEngine:
             input_ids=input_ids,
             attention_mask=mask,
             position_ids=pos,
-            past_key_values=cache,
             use_cache=True,
+            **{self._cache_kw: cache},
             **kwargs,
         )
 
@@ -306,4 +314,4 @@ class HFEngine:
         return outputs
 
 
-__all__ = ["HFEngine"]
+__all__ = ["HFEngine", "cache_keyword"]

@@ -39,6 +39,7 @@ from hiper.rollout.policies import EnginePolicy
 from hiper.rollout.records import Trajectory
 from hiper.trainer import forward, metrics
 from hiper.trainer.forward import Scores
+from hiper.trainer.phases import both, parallel_ok
 
 #: seed streams of iteration ``k``: ``derive_seed(seed, stream, k)``
 ROLLOUT_STREAM, MINIBATCH_STREAM, EVAL_STREAM = 1, 2, 3
@@ -114,19 +115,28 @@ def iteration(cfg: HiperConfig, learner: Learner, manager: EnvManager, tasks: Se
     times["batch"] = time.perf_counter() - t0
 
     # ALGO 3-4. behaviour / reference log-probs, critic values (and beta in paper switch mode), no grad
-    batch, scores = score(cfg, learner, batch, trajs, times)
+    batch, scores = score(cfg, learner, batch, trajs, times, parallel=parallel_ok(cfg, learner.critic))
 
     # ALGO 5. advantages: HAE (or a flat baseline) on the padded [n_traj, T_max] layout, broadcast to token spans
     t0 = time.perf_counter()
     targets, m = advantages(cfg, batch, scores)
     times["advantage"] = time.perf_counter() - t0
 
-    # ALGO 6-7. critic update, then actor update, on shuffled mini-batches (one generator: critic draws first)
+    # ALGO 6-7. critic update and actor update on shuffled mini-batches (one generator: the critic's draws first).
+    # They are independent given the targets, so they may run on two threads (bit-identical results).
     t0 = time.perf_counter()
     gen = torch.Generator().manual_seed(derive_seed(cfg.seed, MINIBATCH_STREAM, k))
-    if learner.critic is not None:
-        m.update(update_critic(cfg, learner, batch, scores, targets, gen))
-    m.update(update_actor(cfg, learner, batch, scores, targets, gen))
+    critic_mbs = [] if learner.critic is None else minibatches(len(batch), cfg.critic.mini_batch_size
+                                                               or cfg.actor.mini_batch_size, cfg.actor.ppo_epochs, gen)
+    actor_mbs = minibatches(len(batch), cfg.actor.mini_batch_size, cfg.actor.ppo_epochs, gen)
+    critic_m, actor_m = both(
+        (lambda: update_critic(cfg, learner, batch, scores, targets, critic_mbs)) if critic_mbs else dict,
+        lambda: update_actor(cfg, learner, batch, scores, targets, actor_mbs),
+        parallel=parallel_ok(cfg, learner.critic), times=times, names=("critic_update", "actor_update"),
+    )
+    m.update(critic_m)
+    m.update(actor_m)
+    learner.engine.sync()  # the engine generates with the updated weights next iteration
     times["update"] = time.perf_counter() - t0
     times["iteration"] = time.perf_counter() - t_start
 
@@ -142,33 +152,44 @@ def paper_mode(cfg: HiperConfig) -> bool:
 
 
 def score(cfg: HiperConfig, learner: Learner, batch: TurnBatch, trajs: Sequence[Trajectory],
-          times: dict[str, float] | None = None) -> tuple[TurnBatch, Scores]:
+          times: dict[str, float] | None = None, parallel: bool = False) -> tuple[TurnBatch, Scores]:
     """The no-grad passes over ``batch``: old and reference log-probs, critic values; in paper switch mode also
-    beta and V^low on each row's KEEP continuation (the returned batch then carries the continuations)."""
+    beta and V^low on each row's KEEP continuation (the returned batch then carries the continuations). With
+    ``parallel`` the actor-side passes and the critic pass run on two threads."""
     times = {} if times is None else times
     temperature, micro_actor = cfg.rollout.temperature, cfg.actor.micro_batch_size
-    t0 = time.perf_counter()
-    if cfg.actor.use_rollout_logprobs and temperature == 1.0 and batch.rollout_logprobs is not None:
-        old_logprobs = batch.rollout_logprobs  # the engine's raw log-probs of the same weights: one pass saved
-    else:
-        old_logprobs = forward.logprobs(batch, learner.policy, micro_actor, temperature, learner.device)
-    ref_logprobs = None
-    if learner.reference is not None:
-        ref_logprobs = forward.logprobs(batch, learner.reference, micro_actor, temperature, learner.device)
-    times["logprob"] = time.perf_counter() - t0
+    use_rollout = cfg.actor.use_rollout_logprobs and temperature == 1.0 and batch.rollout_logprobs is not None
     beta = None
-    if paper_mode(cfg):  # ALGO beta_t = P(SWITCH | s_t, o_{t-1}); the critic reads V^low on the KEEP continuation
-        t0 = time.perf_counter()
-        assert learner.switch_continuations is not None
-        beta = forward.switch_prob(batch, learner.policy, learner.switch_continuations, micro_actor, temperature,
-                                   learner.device)
-        times["switch_prob"] = time.perf_counter() - t0
+    if paper_mode(cfg):  # the KEEP continuations are inputs of the critic pass
         batch = batch.with_keep_continuations(learner.tokenizer, learner.table, trajs)
-    # ALGO critic values at the heads' read positions (V_low after </subgoal>, V_high and V_term before <switch>)
-    t0 = time.perf_counter()
-    values = {} if learner.critic is None else forward.values(batch, learner.critic, cfg.critic.micro_batch_size,
-                                                             learner.device)
-    times["critic"] = time.perf_counter() - t0
+
+    def actor_side() -> tuple[Tensor, Tensor | None, Tensor | None]:
+        if use_rollout:
+            old = batch.rollout_logprobs  # the engine's raw log-probs of the same weights: one pass saved
+            assert old is not None
+        else:
+            old = forward.logprobs(batch, learner.policy, micro_actor, temperature, learner.device)
+        ref = None
+        if learner.reference is not None:
+            ref = forward.logprobs(batch, learner.reference, micro_actor, temperature, learner.device)
+        b = None
+        if paper_mode(cfg):  # ALGO beta_t = P(SWITCH | s_t, o_{t-1})
+            assert learner.switch_continuations is not None
+            t0 = time.perf_counter()
+            b = forward.switch_prob(batch, learner.policy, learner.switch_continuations, micro_actor, temperature,
+                                    learner.device)
+            times["switch_prob"] = time.perf_counter() - t0
+        return old, ref, b
+
+    def critic_side() -> dict[str, Tensor]:
+        # ALGO critic values at the heads' read positions (V_low after </subgoal>, V_high and V_term before
+        # <switch>; paper mode: V^low on the KEEP continuation too)
+        if learner.critic is None:
+            return {}
+        return forward.values(batch, learner.critic, cfg.critic.micro_batch_size, learner.device)
+
+    (old_logprobs, ref_logprobs, beta), values = both(actor_side, critic_side, parallel=parallel, times=times,
+                                                      names=("logprob", "critic"))
     return batch, Scores(old_logprobs=old_logprobs, ref_logprobs=ref_logprobs, values=values, beta=beta)
 
 
@@ -193,14 +214,18 @@ def advantages(cfg: HiperConfig, batch: TurnBatch, scores: Scores) -> tuple[Targ
     return targets, m
 
 
-def _minibatches(n: int, size: int, gen: torch.Generator) -> list[Tensor]:
-    perm = torch.randperm(n, generator=gen)
+def minibatches(n: int, size: int, epochs: int, gen: torch.Generator) -> list[list[Tensor]]:
+    """Row indices of each mini-batch, per PPO epoch: a fresh permutation of ``n`` rows per epoch, cut in ``size``."""
+    out = []
     size = max(1, min(size, n))
-    return [perm[s : s + size] for s in range(0, n, size)]
+    for _ in range(epochs):
+        perm = torch.randperm(n, generator=gen)
+        out.append([perm[s : s + size] for s in range(0, n, size)])
+    return out
 
 
 def update_critic(cfg: HiperConfig, learner: Learner, batch: TurnBatch, scores: Scores, targets: Targets,
-                  gen: torch.Generator) -> dict[str, float]:
+                  epochs: list[list[Tensor]]) -> dict[str, float]:
     """Clipped value loss per head at its read positions; one pass per PPO epoch over mini-batches (token-free:
     one value per row and head), each head's loss averaged over its trained rows of the mini-batch."""
     critic, opt, device = learner.critic, learner.critic_opt, learner.device
@@ -214,8 +239,8 @@ def update_critic(cfg: HiperConfig, learner: Learner, batch: TurnBatch, scores: 
     steps = skipped = 0
     norms = []
     critic.train()
-    for _ in range(cfg.actor.ppo_epochs):
-        for mb_rows in _minibatches(len(batch), ccfg.mini_batch_size or cfg.actor.mini_batch_size, gen):
+    for epoch in epochs:
+        for mb_rows in epoch:
             n_head = {h: int(targets.value_mask[h][mb_rows].sum()) for h in heads}
             finite = True
             for rows, mb in batch.micro_batches(mb_rows, ccfg.micro_batch_size):
@@ -250,7 +275,7 @@ def update_critic(cfg: HiperConfig, learner: Learner, batch: TurnBatch, scores: 
 
 
 def update_actor(cfg: HiperConfig, learner: Learner, batch: TurnBatch, scores: Scores, targets: Targets,
-                 gen: torch.Generator) -> dict[str, float]:
+                 epochs: list[list[Tensor]]) -> dict[str, float]:
     """PPO policy loss of ``actor.policy_loss`` + entropy bonus + k3 KL, token-mean over the loss mask of each
     mini-batch (token sums per micro-batch divided by the mini-batch's loss-token count)."""
     policy, device, acfg = learner.policy, learner.device, cfg.actor
@@ -259,8 +284,8 @@ def update_actor(cfg: HiperConfig, learner: Learner, batch: TurnBatch, scores: S
     n_total = steps = skipped = 0
     norms = []
     policy.train()
-    for _ in range(acfg.ppo_epochs):
-        for mb_rows in _minibatches(len(batch), acfg.mini_batch_size, gen):
+    for epoch in epochs:
+        for mb_rows in epoch:
             n_tok = int(targets.loss_mask[mb_rows].sum())
             if n_tok == 0:
                 continue
@@ -292,12 +317,11 @@ def update_actor(cfg: HiperConfig, learner: Learner, batch: TurnBatch, scores: S
             skipped += not stepped
             norms.append(norm)
     policy.eval()
-    learner.engine.sync()  # the engine generates with the updated weights next iteration
     out = {f"actor/{key}": v / max(n_total, 1) for key, v in totals.items()}
     out.update({"actor/steps": float(steps), "actor/skipped_steps": float(skipped),
                 "actor/grad_norm": metrics.mean_finite(norms), "actor/loss_tokens": float(n_total)})
     return out
 
 
-__all__ = ["IterationResult", "Learner", "Targets", "advantages", "iteration", "paper_mode", "rollout", "score",
-           "update_actor", "update_critic"]
+__all__ = ["IterationResult", "Learner", "Targets", "advantages", "iteration", "minibatches", "paper_mode", "rollout",
+           "score", "update_actor", "update_critic"]
