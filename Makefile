@@ -24,7 +24,7 @@ $(STAMP): pyproject.toml Makefile
 install: $(STAMP)
 
 demo: install
-	$(BIN)/hiper train
+	$(BIN)/hiper train --overwrite
 
 test: install
 	$(BIN)/ruff check hiper tests scripts

@@ -33,7 +33,7 @@ def test_sft_help(capsys):
         (["train", "actor.lrr=1"], "did you mean 'actor.lr'"),
         (["train", "--config", "no_such_preset"], "neither a YAML file nor a preset"),
         (["train", "critic.enabled=false"], "set critic.enabled=true"),
-        (["train", "--resume", "/no/such/ckpt"], "trainer.resume='/no/such/ckpt' is not a checkpoint folder"),
+        (["train", "--resume", "/no/such/ckpt"], "--resume /no/such/ckpt: no such run or checkpoint folder"),
         (["sft", "env.name=nowhere"], "env.name='nowhere' is not allowed"),
     ],
 )
@@ -50,14 +50,15 @@ def test_print_config_is_the_resolved_yaml(capsys):
     assert cli.main(["train", "--print-config", "-c", "cpu_demo", "env.max_steps=9", "--output-dir", "runs/x y"]) == 0
     data = yaml.safe_load(capsys.readouterr().out)
     assert data["env"]["max_steps"] == 9 and data["output_dir"] == "runs/x y"
-    assert load_config(None, ["env.max_steps=9", "output_dir=runs/x y"]).to_dict() == data
+    assert data["trainer"]["experiment_name"] == "x y"  # the run is named after its folder
+    assert load_config(None, ["env.max_steps=9", "output_dir=runs/x y", "trainer.experiment_name=x y"]).to_dict() == data
 
 
 def test_train_saves_config_and_calls_the_trainer(tmp_path, monkeypatch, capsys):
     calls = {}
 
-    def fake_run(cfg, logger, resume_from):
-        calls.update(cfg=cfg, resume_from=resume_from)
+    def fake_run(cfg, logger):
+        calls.update(cfg=cfg, resume_from=cfg.trainer.resume)
         for step in range(3):
             logger.log({"train/success": step / 2}, step=step)
 
@@ -93,21 +94,45 @@ def test_train_without_config_is_the_demo(tmp_path, monkeypatch, capsys):
     assert load_config(str(out / "config.yaml"), []) == load_config(None, small)
 
 
-def test_resume_latest_or_explicit(tmp_path, monkeypatch, capsys):
-    import torch
+TINY_RUN = ["env.n_envs=2", "env.eval_episodes=2", "env.max_steps=4", "sft.episodes=2", "sft.epochs=1",
+            "trainer.total_iterations=2", "trainer.eval_every=0", "trainer.save_every=0", "trainer.logger=[jsonl]",
+            "trainer.num_threads=null", "rollout.max_new_tokens=12"]
 
-    seen = []
-    monkeypatch.setattr(cli_train, "run_training", lambda cfg, logger, resume_from: seen.append(resume_from))
-    out = tmp_path / "run"
-    # --resume with no checkpoint yet: a fresh start, said on stderr; a following override is not eaten
-    assert cli.main(["train", "-o", str(out), "trainer.logger=[jsonl]", "--resume", "env.max_steps=5"]) == 0
-    assert seen[-1] is None and "starting fresh" in capsys.readouterr().err
-    assert load_config(str(out / "config.yaml"), []).env.max_steps == 5
-    ckpt = save_checkpoint(out, iteration=4, models={"critic": torch.nn.Linear(2, 2)})
-    assert cli.main(["train", "-o", str(out), "trainer.logger=[jsonl]", "--resume"]) == 0
-    assert seen[-1] == ckpt
-    assert cli.main(["train", "-o", str(out), "trainer.logger=[jsonl]", "--resume", str(ckpt)]) == 0
-    assert seen[-1] == ckpt
+
+def test_run_folder_lifecycle(tmp_path, monkeypatch, capsys):
+    """README's sequence on a tiny run: train, evaluate the run folder, resume it (its own config, folder and
+    metrics), refuse a fresh run into it, start over with --overwrite."""
+    import json
+
+    monkeypatch.chdir(tmp_path)
+    user = tmp_path / "tiny.yaml"
+    user.write_text("base: cpu_demo\n")
+    run = tmp_path / "runs" / "mine"
+    assert cli.main(["train", "-c", str(user), "-o", str(run), *TINY_RUN]) == 0
+    assert (run / "checkpoints" / "latest").is_file()  # save_every: 0 still leaves the final checkpoint
+    saved = load_config(str(run / "config.yaml"), [])
+    assert saved.trainer.experiment_name == "mine" and saved.env.max_steps == 4
+    assert cli.main(["eval", "--policy", str(run), "--n", "2", "--no-progress"]) == 0
+
+    # a resume after a crash between logging and saving: rows past the checkpoint are dropped, then recomputed
+    metrics = run / "metrics.jsonl"
+    with metrics.open("a") as f:
+        f.write(json.dumps({"step": 3, "train/success": 1.0}) + "\n")
+    capsys.readouterr()
+    assert cli.main(["train", "--resume", str(run), "trainer.total_iterations=3"]) == 0
+    assert "resuming" in capsys.readouterr().err
+    steps = [json.loads(line)["step"] for line in metrics.read_text().splitlines()]
+    iteration_steps = [json.loads(line)["step"] for line in metrics.read_text().splitlines()
+                       if "time/iteration" in json.loads(line)]
+    assert iteration_steps == [1, 2, 3] and steps == sorted(steps)
+    resumed = load_config(str(run / "config.yaml"), [])
+    assert resumed.env.max_steps == 4 and resumed.trainer.total_iterations == 3  # RUN's config + the override
+    assert not (tmp_path / "runs" / "cpu_demo").exists()  # nothing written anywhere else
+
+    assert cli.main(["train", "-c", str(user), "-o", str(run), *TINY_RUN]) == 2
+    assert "already holds a run" in capsys.readouterr().err
+    assert cli.main(["train", "-c", str(user), "-o", str(run), "--overwrite", *TINY_RUN]) == 0
+    assert [json.loads(line)["step"] for line in metrics.read_text().splitlines() if "time/iteration" in line] == [1, 2]
 
 
 def test_sft_saves_config_and_runs(tmp_path, monkeypatch):

@@ -173,12 +173,13 @@ class TrainerSection:
 
     total_iterations: int = setting(20, "PPO iterations, one batch each", "paper 150")
     eval_every: int = setting(5, "evaluate every N iterations (0 = only before and after)", "paper 5")
-    save_every: int = setting(10, "checkpoint every N iterations (0 = only at the end)")
+    save_every: int = setting(10, "checkpoint every N iterations (0 = none on the way); hiper train always saves the "
+                              "final one")
     keep_checkpoints: int = setting(3, "keep the last K checkpoints (0 = all)")
     logger: list[str] = setting(help="backends among console, jsonl, tensorboard, wandb",
                                 factory=lambda: ["console", "jsonl"])
     project_name: str = setting("hiper", "project name (wandb)")
-    experiment_name: str = setting("cpu_demo", "run name (wandb, TensorBoard)")
+    experiment_name: str = setting("cpu_demo", "run name (wandb, TensorBoard); hiper train -o DIR names the run DIR")
     resume: str | None = setting(None, "null (fresh run), auto (latest checkpoint in output_dir) or a checkpoint dir")
     device: str = setting("cpu", "torch device of the models: cpu, cuda, cuda:N")
     num_threads: int | None = setting(None, "torch CPU threads (null = torch's default)")

@@ -19,7 +19,13 @@ from typing import Any
 
 from hiper.config import HiperConfig, config_to_yaml, save_resolved
 from hiper.trainer.checkpoint import save_checkpoint
-from hiper.trainer.cli_train import add_common_arguments, make_logger, resolve_config
+from hiper.trainer.cli_train import (
+    UsageError,
+    add_common_arguments,
+    make_logger,
+    prepare_run_dir,
+    resolve_config,
+)
 from hiper.trainer.trainer import Trainer
 
 EXIT_INTERRUPTED = 130
@@ -46,8 +52,11 @@ def main(args: argparse.Namespace) -> int:
     if args.print_config:
         print(config_to_yaml(cfg), end="")
         return 0
-    out = Path(cfg.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out = prepare_run_dir(cfg, args.overwrite)
+    except UsageError as exc:
+        print(f"hiper sft: error: {exc}", file=sys.stderr)
+        return 2
     save_resolved(cfg, out / "config.yaml")
     logger = make_logger(cfg)
     try:

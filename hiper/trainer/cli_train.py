@@ -5,8 +5,9 @@
     hiper train                                        # the CPU demo (the cpu_demo preset)
     hiper train --config alfworld_qwen2.5_1.5b env.n_envs=64 algorithm.hae.keep_penalty=-0.5
     hiper train --config my.yaml --output-dir runs/x   # a user file (may start with ``base: <preset>``)
-    hiper train --resume                               # continue from <output_dir>/checkpoints/latest
-    hiper train --resume runs/x/checkpoints/iter_000010
+    hiper train --resume runs/x                        # continue run x: its config.yaml, its folder, its metrics
+    hiper train --resume runs/x/checkpoints/iter_000010 trainer.total_iterations=40   # overrides on top
+    hiper train -o runs/x --overwrite                  # a fresh run into a folder that holds one
     hiper train --print-config trainer.logger=[console]
 
 With no ``--config`` (or ``--config cpu_demo``) and no ``--resume``, the run is the CPU demo of
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import sys
 from pathlib import Path
 from typing import Any
@@ -33,9 +35,9 @@ from hiper.config import (
     load_config,
     save_resolved,
 )
-from hiper.trainer import demo
+from hiper.trainer import checkpoint, demo
 from hiper.trainer.checkpoint import latest_checkpoint
-from hiper.trainer.logging import MetricLogger, plot_learning_curve
+from hiper.trainer.logging import MetricLogger, plot_learning_curve, truncate_metrics
 from hiper.trainer.trainer import Trainer
 
 EXIT_CONFIG_ERROR = 2
@@ -54,6 +56,8 @@ def add_common_arguments(parser: argparse.ArgumentParser, resume: bool = True) -
             "--resume", nargs="?", const="auto", default=None, metavar="DIR",
             help="resume from a checkpoint folder; without DIR, from the latest checkpoint in the output dir",
         )
+    parser.add_argument("--overwrite", action="store_true",
+                        help="start a fresh run in a folder that already holds one (deletes its contents)")
     parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     parser.add_argument(
         "overrides", nargs="*", metavar="key=value",
@@ -65,24 +69,88 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_common_arguments(parser, resume=True)
 
 
+class UsageError(Exception):
+    """A user error of ``hiper train`` / ``hiper sft``: printed as one line, exit status 2."""
+
+
 def resolve_config(args: argparse.Namespace, prog: str) -> HiperConfig | int:
-    """Config from ``args`` (``--config``, ``--output-dir``, ``--resume``, overrides), or the exit code 2
-    after printing the one-line error."""
+    """The run's config from ``args``, or the exit code 2 after printing the one-line error.
+
+    A fresh run: ``--config`` (default cpu_demo) + overrides; ``-o DIR`` sets ``output_dir`` and, unless an override
+    names one, ``trainer.experiment_name`` (the run is named after its folder). ``--resume RUN`` (a run folder or
+    one of its checkpoints) continues RUN itself: RUN's saved ``config.yaml`` with the command line's overrides on
+    top (reported on stderr), RUN's folder, its latest (or the given) checkpoint.
+    """
+    try:
+        return _resolve(args, prog)
+    except (ConfigError, UsageError) as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG_ERROR
+
+
+def _resolve(args: argparse.Namespace, prog: str) -> HiperConfig:
     overrides = list(args.overrides or [])
     resume = getattr(args, "resume", None)
     if resume is not None and "=" in resume and not os.path.isdir(resume):
         # ``--resume key=value`` : argparse gave the first override to --resume
         overrides.insert(0, resume)
         resume = "auto"
+    if resume is not None and resume != "auto":
+        return _resumed_config(Path(resume), overrides, args, prog)
+    named = any(o.split("=", 1)[0].strip() == "trainer.experiment_name" for o in overrides)
     if args.output_dir is not None:
         overrides.append(f"output_dir={_quote(args.output_dir)}")
-    if resume is not None:
-        overrides.append(f"trainer.resume={_quote(resume)}")
-    try:
-        return load_config(args.config, overrides)
-    except ConfigError as exc:
-        print(f"{prog}: error: {exc}", file=sys.stderr)
-        return EXIT_CONFIG_ERROR
+        if not named:
+            overrides.append(f"trainer.experiment_name={_quote(Path(args.output_dir).name or 'run')}")
+    if resume == "auto":
+        out = Path(args.output_dir) if args.output_dir is not None else None
+        folder = out if out is not None else Path(load_config(args.config, overrides, validate=False).output_dir)
+        if latest_checkpoint(folder) is not None:
+            return _resumed_config(folder, list(args.overrides or []), args, prog)
+        print(f"{prog}: no checkpoint in {folder}; starting fresh", file=sys.stderr)
+    return load_config(args.config, overrides)
+
+
+def _resumed_config(path: Path, overrides: list[str], args: argparse.Namespace, prog: str) -> HiperConfig:
+    """The config of the run that ``path`` (a run folder or a checkpoint folder) belongs to, resumed."""
+    if (path / checkpoint.TRAINER_STATE).is_file():
+        ckpt = path
+        run = path.parent.parent if path.parent.name == checkpoint.CHECKPOINTS else path.parent
+    elif path.is_dir():
+        run, ckpt = path, latest_checkpoint(path)
+        if ckpt is None:
+            raise UsageError(f"--resume {path}: no checkpoint in that folder; start a fresh run with -o {path}")
+    else:
+        raise UsageError(f"--resume {path}: no such run or checkpoint folder")
+    saved = run / "config.yaml"
+    if not saved.is_file():
+        saved = ckpt / checkpoint.CONFIG_FILE
+    if not saved.is_file():
+        raise UsageError(f"--resume {path}: the run has no config.yaml; pass --config with the run's settings")
+    if args.config is not None:
+        raise UsageError(f"--resume {path} continues that run with its own config.yaml: drop --config")
+    if args.output_dir is not None and Path(args.output_dir).resolve() != run.resolve():
+        raise UsageError(f"--resume {path} writes into its own folder {run}: drop -o {args.output_dir}")
+    if overrides:
+        print(f"{prog}: resuming {run} with overrides on top of its config: {' '.join(overrides)}", file=sys.stderr)
+    return load_config(str(saved), [*overrides, f"output_dir={_quote(str(run))}", f"trainer.resume={_quote(str(ckpt))}"])
+
+
+def prepare_run_dir(cfg: HiperConfig, overwrite: bool) -> Path:
+    """The run folder, made ready: a fresh run needs an empty (or new) folder, or ``--overwrite`` (which deletes
+    it first); a resumed run keeps its folder and drops metric rows logged after its checkpoint."""
+    out = Path(cfg.output_dir)
+    if cfg.trainer.resume is not None:
+        step = checkpoint.load_checkpoint(cfg.trainer.resume)["iteration"]
+        truncate_metrics(out / "metrics.jsonl", int(step))
+        return out
+    if out.exists() and any(out.iterdir()):
+        if not overwrite:
+            raise UsageError(f"{out} already holds a run: continue it with --resume {out}, start over with "
+                             "--overwrite, or pick another -o")
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+    return out
 
 
 def _quote(value: str) -> str:
@@ -101,24 +169,22 @@ def make_logger(cfg: HiperConfig) -> Any:
     )
 
 
-def resume_path(cfg: HiperConfig) -> Path | None:
-    """The checkpoint to resume from: ``trainer.resume`` as a folder, or the latest one for ``auto``."""
-    if cfg.trainer.resume is None:
-        return None
-    if cfg.trainer.resume == "auto":
-        return latest_checkpoint(cfg.output_dir)
-    return Path(cfg.trainer.resume)
-
-
-def run_training(cfg: HiperConfig, logger: Any, resume_from: Path | None) -> Any:
-    """Hand the validated config to the trainer core: ``Trainer(cfg, logger=...)``, resume, ``train()``."""
+def run_training(cfg: HiperConfig, logger: Any) -> Trainer:
+    """``Trainer(cfg, logger=...)``, resumed from ``trainer.resume`` when set, trained, and its final checkpoint
+    saved (whatever ``trainer.save_every`` says, so ``hiper eval --policy RUN`` and ``--resume RUN`` work)."""
     trainer = Trainer(cfg, logger=logger)
-    if resume_from is not None:
-        load = getattr(trainer, "load_checkpoint", None)
-        if load is None:
-            raise RuntimeError("this Trainer cannot resume from a checkpoint folder (no Trainer.load_checkpoint)")
-        load(resume_from)
-    return trainer.train()
+    if cfg.trainer.resume is not None:
+        trainer.load_checkpoint(cfg.trainer.resume)
+    trainer.train()
+    save_final(trainer)
+    return trainer
+
+
+def save_final(trainer: Trainer) -> None:
+    """Save the run's last state unless the loop just did (``trainer.save_every`` divides the iteration count)."""
+    every = trainer.config.trainer.save_every
+    if not (every and trainer.iteration_count % every == 0 and trainer.iteration_count > 0):
+        trainer.save_checkpoint()
 
 
 def is_demo_run(args: argparse.Namespace, cfg: HiperConfig) -> bool:
@@ -129,8 +195,8 @@ def is_demo_run(args: argparse.Namespace, cfg: HiperConfig) -> bool:
 
 def run_demo(cfg: HiperConfig, logger: Any) -> Any:
     """The CPU demo through :func:`hiper.trainer.demo.run_demo`: prints the before/after table, writes
-    ``learning_curve.png`` and ``demo_result.json`` to ``cfg.output_dir``."""
-    return demo.run_demo(cfg, logger=logger)
+    ``learning_curve.png``, ``demo_result.json`` and the final checkpoint to ``cfg.output_dir``."""
+    return demo.run_demo(cfg, logger=logger, on_done=save_final)
 
 
 def plot_curve(cfg: HiperConfig) -> Path | None:
@@ -152,11 +218,11 @@ def main(args: argparse.Namespace) -> int:
     if args.print_config:
         print(config_to_yaml(cfg), end="")
         return 0
-    resume_from = resume_path(cfg)
-    if cfg.trainer.resume == "auto" and resume_from is None:
-        print(f"hiper train: no checkpoint in {cfg.output_dir}; starting fresh", file=sys.stderr)
-    out = Path(cfg.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out = prepare_run_dir(cfg, args.overwrite)
+    except UsageError as exc:
+        print(f"hiper train: error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG_ERROR
     save_resolved(cfg, out / "config.yaml")
     logger = make_logger(cfg)
     demo_run = is_demo_run(args, cfg)
@@ -164,7 +230,7 @@ def main(args: argparse.Namespace) -> int:
         if demo_run:
             result = run_demo(cfg, logger)
         else:
-            run_training(cfg, logger, resume_from)
+            run_training(cfg, logger)
     except KeyboardInterrupt:
         print("hiper train: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED

@@ -20,7 +20,7 @@ import argparse
 import json
 import os
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from hiper.config import HiperConfig, load_config
@@ -84,10 +84,11 @@ def format_table(before: Mapping[str, Any], after: Mapping[str, Any], after_labe
 
 
 def run_demo(config: HiperConfig, output_dir: str | None = None, quiet: bool = False, plot: bool = True,
-             logger: Any = None) -> dict[str, Any]:
+             logger: Any = None, on_done: Callable[[Trainer], None] | None = None) -> dict[str, Any]:
     """Run the whole demo; returns ``{"before", "after", "history", "wall_s", "table", "png", "seed"}``.
 
     ``output_dir`` overrides ``config.output_dir``. Writes ``demo_result.json`` and ``learning_curve.png`` there.
+    ``on_done(trainer)`` runs after training (``hiper train`` saves the final checkpoint with it).
     """
     t0 = time.perf_counter()
     out_dir = output_dir or config.output_dir
@@ -103,6 +104,8 @@ def run_demo(config: HiperConfig, output_dir: str | None = None, quiet: bool = F
             flush=True,
         )
     history = trainer.train()
+    if on_done is not None:
+        on_done(trainer)
     evals = [h for h in history if "eval/success" in h]
     if not evals:
         raise ValueError("run_demo needs held-out evaluations for its before/after table: set trainer.eval_every > 0")
