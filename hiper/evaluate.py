@@ -16,6 +16,7 @@ import argparse
 import inspect
 import json
 import math
+import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -28,6 +29,7 @@ from hiper.rollout.loop import run_episodes
 from hiper.rollout.manager import EnvManager
 from hiper.rollout.policies import EnginePolicy, ExpertPolicy, RandomPolicy
 from hiper.rollout.records import Trajectory, TurnRecord, episode_stats
+from hiper.trainer.checkpoint import CheckpointCorrupt, verify_policy
 
 #: default evaluation split per env (ALFWorld's verl-agent evaluation uses valid_seen, spec §2.7).
 DEFAULT_SPLIT = {"household": "valid_seen", "alfworld": "valid_seen", "webshop": "test"}
@@ -104,6 +106,7 @@ def resolve_policy_dir(path: str | Path) -> tuple[Path, Path | None]:
         p = p / "policy"
     if not (p / "config.json").is_file() and not (p / "adapter_config.json").is_file():
         raise FileNotFoundError(f"no HF model folder (config.json) found at {p}")
+    verify_policy(p)  # a checkpoint's policy/ must match the checkpoint's manifest
     config = next((c for c in (p / "config.yaml", p.parent / "config.yaml") if c.is_file()), None)
     return p, config
 
@@ -407,7 +410,17 @@ def print_report(results: dict[str, Any]) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    results = evaluate(args)
+    if args.n is not None and args.n < 1:
+        print(f"hiper eval: error: --n {args.n}: give at least 1 task (or leave --n out for the whole split)",
+              file=sys.stderr)
+        return 2
+    try:
+        results = evaluate(args)
+    except (FileNotFoundError, ValueError, ImportError, CheckpointCorrupt) as exc:
+        # user errors (a policy path, a split, missing data or extras, a corrupt checkpoint): one line, exit 2
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        print(f"hiper eval: error: {first}", file=sys.stderr)
+        return 2
     print_report(results)
     if args.out:
         out = Path(args.out)

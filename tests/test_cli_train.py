@@ -8,7 +8,6 @@ import yaml
 from hiper import cli
 from hiper.config import load_config
 from hiper.trainer import cli_sft, cli_train
-from hiper.trainer.checkpoint import save_checkpoint
 
 
 def test_train_help(capsys):

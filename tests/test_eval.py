@@ -244,3 +244,19 @@ def test_expand_shorthand() -> None:
     for bad in ("look", "x|a|b", "k|a"):
         with pytest.raises(ValueError):
             expand_shorthand(bad, req)
+
+
+@pytest.mark.parametrize(
+    ("argv", "fragment"),
+    [
+        (["--policy", "/no/such/run"], "neither expert/random/oracle nor an existing path"),
+        (["--split", "nope"], "nope"),
+        (["--n", "0"], "give at least 1 task"),
+    ],
+)
+def test_user_errors_are_one_line_exit_2(argv, fragment, capsys) -> None:
+    from hiper import cli
+
+    assert cli.main(["eval", "--env", "household", "--no-progress", *argv]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("hiper eval: error: ") and fragment in err[0], err

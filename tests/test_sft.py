@@ -54,3 +54,14 @@ def test_sft_lowers_nll(setup, prompt_loss_weight: float) -> None:
 def test_sft_rejects_empty() -> None:
     with pytest.raises(ValueError):
         sft.sft_train(torch.nn.Linear(1, 1), [], 0)
+
+
+def test_sft_max_steps_caps_optimizer_steps(setup) -> None:
+    tok, trajs = setup
+    examples = sft.examples_from_trajectories(trajs, tok)
+    assert len(examples) >= 16
+    model = build_tiny_model(tok, {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1,
+                                   "num_attention_heads": 2, "num_key_value_heads": 1}, seed=0)
+    full = sft.sft_train(model, examples[:16], tok.pad_token_id, epochs=2, batch_size=4)
+    capped = sft.sft_train(model, examples[:16], tok.pad_token_id, epochs=2, batch_size=4, max_steps=3)
+    assert full["steps"] == 8 and capped["steps"] == 3 and len(capped["losses"]) == 3

@@ -363,9 +363,10 @@ def test_lazy_canonical_rows_equal_the_eager_parse(qwen):
     assert list(sb.parsed) == eager and sb.parsed[1:3] == eager[1:3]
     assert sb.switch.tolist() == [p.switch for p in eager] == [True, False, False, False, False, False, True]
     assert sb.valid.tolist() == [p.valid for p in eager]
-    for r, p in enumerate(eager):  # the masks are the reference's: tokens overlapping the spans, one role each
-        offs = [tuple(o) for o in tok(texts[r], add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]]
-        _, ref, _ = _reference(texts[r], offs, len(offs) + 1)
+    for r, text in enumerate(texts):  # the masks are the reference's: tokens overlapping the spans, one role each
+        offs = [tuple(o) for o in tok(text, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]]
+        p, ref, _ = _reference(text, offs, len(offs) + 1)
+        assert p == eager[r]
         for want, mask in ((ref[0], sb.switch_mask), (ref[1], sb.subgoal_mask)):
             assert mask[r, : len(want)].tolist() == want.tolist()
 

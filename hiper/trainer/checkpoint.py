@@ -21,6 +21,8 @@ pruned.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import random
 import re
@@ -41,6 +43,7 @@ CHECKPOINTS = "checkpoints"
 LATEST = "latest"
 TRAINER_STATE = "trainer_state.pt"
 CONFIG_FILE = "config.yaml"
+MANIFEST = "manifest.json"
 STATE_DICT_FILE = "state_dict.pt"
 #: sub-folder of a LoRA policy folder holding peft's adapter (``save_pretrained`` of the PeftModel).
 LORA_ADAPTER_DIR = "adapter"
@@ -309,8 +312,9 @@ def save_checkpoint(
             "rng": dict(rng) if rng is not None else capture_rng_state(),
             "extra": dict(extra or {}),
         }
-        # written last: a folder with trainer_state.pt is complete
         torch.save(state, tmp / TRAINER_STATE)
+        # written last: a folder with a manifest is complete, and every file in it can be checked on load
+        _write_manifest(tmp)
         old = None
         if final.exists():
             old = root / f"{name}.old-{os.getpid()}"
@@ -347,6 +351,57 @@ def _prune(output_dir: str | os.PathLike[str], keep: int) -> None:
         shutil.rmtree(path, ignore_errors=True)
 
 
+class CheckpointCorrupt(RuntimeError):
+    """A checkpoint file does not match its manifest (or a listed file is missing); ``str(err)`` is one line."""
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _write_manifest(folder: Path) -> None:
+    """``manifest.json``: the sha256 and size of every file of the checkpoint folder (relative paths)."""
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.name != MANIFEST)
+    entries = {p.relative_to(folder).as_posix(): {"sha256": _sha256(p), "bytes": p.stat().st_size} for p in files}
+    tmp = folder / f"{MANIFEST}.tmp"
+    tmp.write_text(json.dumps({"format": 1, "files": entries}, indent=1, sort_keys=True))
+    os.replace(tmp, folder / MANIFEST)
+
+
+def verify_checkpoint(path: str | os.PathLike[str], only: str | None = None) -> int:
+    """Check the files of checkpoint folder ``path`` against its ``manifest.json``; returns how many were checked.
+
+    ``only``: check just the files under this sub-folder (e.g. ``policy``). Raises :class:`CheckpointCorrupt`
+    naming the first file that is missing or whose sha256 differs. A checkpoint written before manifests existed
+    has none and is not checked (returns 0).
+    """
+    path = Path(path)
+    manifest = path / MANIFEST
+    if not manifest.is_file():
+        return 0
+    try:
+        entries = json.loads(manifest.read_text())["files"]
+    except (ValueError, KeyError) as exc:
+        raise CheckpointCorrupt(f"checkpoint {path}: {MANIFEST} is unreadable ({exc}); the checkpoint cannot be "
+                                "trusted: resume from an earlier one") from None
+    checked = 0
+    for rel, meta in sorted(entries.items()):
+        if only is not None and not rel.startswith(f"{only}/"):
+            continue
+        file = path / rel
+        if not file.is_file():
+            raise CheckpointCorrupt(f"checkpoint {path}: {rel} is missing; resume from an earlier checkpoint")
+        if file.stat().st_size != meta["bytes"] or _sha256(file) != meta["sha256"]:
+            raise CheckpointCorrupt(f"checkpoint {path}: {rel} does not match its sha256 in {MANIFEST} (corrupt "
+                                    "or modified); resume from an earlier checkpoint")
+        checked += 1
+    return checked
+
+
 def load_checkpoint(
     ckpt_dir: str | os.PathLike[str],
     *,
@@ -355,6 +410,7 @@ def load_checkpoint(
     schedulers: Mapping[str, Any] | None = None,
     generators: Mapping[str, Any] | None = None,
     restore_rng: bool = False,
+    verify: bool = True,
 ) -> dict[str, Any]:
     """Read a checkpoint; optionally restore it into live objects.
 
@@ -363,6 +419,7 @@ def load_checkpoint(
         models / optimizers / schedulers: restore parameters / states into these (by name).
         generators: named generators for :func:`restore_rng_state`.
         restore_rng: restore the global RNG streams (and ``generators``).
+        verify: check every file against the checkpoint's manifest first (:func:`verify_checkpoint`).
 
     Returns:
         ``{"path", "iteration", "extra", "rng", "optimizers", "schedulers", "models", "config"}`` where
@@ -375,6 +432,8 @@ def load_checkpoint(
         if latest is None:
             raise FileNotFoundError(f"{path} is neither a checkpoint (no {TRAINER_STATE}) nor a run with checkpoints")
         path = latest
+    if verify:
+        verify_checkpoint(path)
     state = torch.load(path / TRAINER_STATE, map_location="cpu", weights_only=False)
     for model_name, model in (models or {}).items():
         folder = path / model_name
@@ -416,6 +475,13 @@ def policy_dir(path: str | os.PathLike[str]) -> Path:
     raise FileNotFoundError(f"{path} holds no policy: expected an HF folder, a checkpoint or a run folder")
 
 
+def verify_policy(folder: str | os.PathLike[str]) -> int:
+    """Check a checkpoint's ``policy/`` folder against the checkpoint's manifest (a plain HF folder: nothing to
+    check, returns 0). Raises :class:`CheckpointCorrupt`."""
+    folder = Path(folder)
+    return verify_checkpoint(folder.parent, only=folder.name) if (folder.parent / MANIFEST).is_file() else 0
+
+
 def load_tokenizer_dir(folder: str | os.PathLike[str]) -> Any:
     """Load a saved tokenizer exactly as it was saved (left padding, pad token set); see
     :func:`hiper.models.tokenizer.load_tokenizer` (``tokenizer.json`` is loaded verbatim)."""
@@ -427,12 +493,14 @@ def load_policy(path: str | os.PathLike[str], dtype: torch.dtype | None = None) 
     from transformers import AutoModelForCausalLM
 
     folder = policy_dir(path)
+    verify_policy(folder)
     kwargs = {"dtype": dtype} if dtype is not None else {}
     model = AutoModelForCausalLM.from_pretrained(str(folder), **kwargs)
     return model, load_tokenizer_dir(folder)
 
 
 __all__ = [
+    "CheckpointCorrupt",
     "capture_rng_state",
     "load_policy",
     "load_tokenizer_dir",
@@ -444,4 +512,6 @@ __all__ = [
     "load_checkpoint",
     "restore_rng_state",
     "save_checkpoint",
+    "verify_checkpoint",
+    "verify_policy",
 ]

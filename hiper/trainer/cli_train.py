@@ -141,7 +141,7 @@ def prepare_run_dir(cfg: HiperConfig, overwrite: bool) -> Path:
     it first); a resumed run keeps its folder and drops metric rows logged after its checkpoint."""
     out = Path(cfg.output_dir)
     if cfg.trainer.resume is not None:
-        step = checkpoint.load_checkpoint(cfg.trainer.resume)["iteration"]
+        step = checkpoint.load_checkpoint(cfg.trainer.resume)["iteration"]  # verifies the manifest
         truncate_metrics(out / "metrics.jsonl", int(step))
         return out
     if out.exists() and any(out.iterdir()):
@@ -174,7 +174,7 @@ def run_training(cfg: HiperConfig, logger: Any) -> Trainer:
     saved (whatever ``trainer.save_every`` says, so ``hiper eval --policy RUN`` and ``--resume RUN`` work)."""
     trainer = Trainer(cfg, logger=logger)
     if cfg.trainer.resume is not None:
-        trainer.load_checkpoint(cfg.trainer.resume)
+        trainer.load_checkpoint(cfg.trainer.resume, verify=False)  # prepare_run_dir verified it
     trainer.train()
     save_final(trainer)
     return trainer
@@ -220,7 +220,7 @@ def main(args: argparse.Namespace) -> int:
         return 0
     try:
         out = prepare_run_dir(cfg, args.overwrite)
-    except UsageError as exc:
+    except (UsageError, checkpoint.CheckpointCorrupt) as exc:
         print(f"hiper train: error: {exc}", file=sys.stderr)
         return EXIT_CONFIG_ERROR
     save_resolved(cfg, out / "config.yaml")
@@ -234,6 +234,9 @@ def main(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         print("hiper train: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except checkpoint.CheckpointCorrupt as exc:
+        print(f"hiper train: error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG_ERROR
     finally:
         logger.close()
     png = result.get("png") if demo_run else plot_curve(cfg)

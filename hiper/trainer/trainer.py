@@ -287,17 +287,18 @@ class Trainer:
             config=self.config, keep=self.config.trainer.keep_checkpoints, name=name,
         )
 
-    def load_checkpoint(self, path: str | Path) -> None:
-        """Resume from a checkpoint folder (or a run folder: its latest checkpoint) written by :meth:`save_checkpoint`."""
-        info = checkpoint.load_checkpoint(path)
+    def load_checkpoint(self, path: str | Path, verify: bool = True) -> None:
+        """Resume from a checkpoint folder (or a run folder: its latest checkpoint) written by :meth:`save_checkpoint`;
+        with ``verify`` its files are checked against its manifest first (:class:`~hiper.trainer.checkpoint.CheckpointCorrupt`)."""
+        info = checkpoint.load_checkpoint(path, verify=verify)
         extra = info["extra"]
         # the policy first: the critic and the reference are built from it before their own weights load
-        checkpoint.load_checkpoint(info["path"], models={"policy": self.policy})
+        checkpoint.load_checkpoint(info["path"], models={"policy": self.policy}, verify=False)  # verified above
         if extra.get("rl_ready"):
             self.setup_rl()
         models, optimizers = self._checkpoint_parts()
         models = {k: v for k, v in models.items() if k in info["models"]}
-        checkpoint.load_checkpoint(info["path"], models=models, optimizers=optimizers, restore_rng=True)
+        checkpoint.load_checkpoint(info["path"], models=models, optimizers=optimizers, restore_rng=True, verify=False)
         self.iteration_count = int(info["iteration"])
         self.sft_done = bool(extra.get("sft_done", False))
         self.history = list(extra.get("history", []))
