@@ -16,6 +16,7 @@ logs of the probability of the sampled token.
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -216,16 +217,23 @@ def grads_finite(params: list[torch.nn.Parameter]) -> bool:
     return bool(torch.isfinite(norms).all())
 
 
+class UpdatesDiverged(RuntimeError):
+    """Optimizer steps keep failing (non-finite loss, gradients, weights or model outputs); ``str(err)`` is one line
+    naming the likely cause."""
+
+
 def safe_step(
     optimizer: torch.optim.Optimizer,
     params: list[torch.nn.Parameter],
     grad_clip: float | None,
     loss_finite: bool = True,
 ) -> tuple[bool, float]:
-    """Clip and apply one optimizer step only if the loss and all gradients are finite.
+    """Clip and apply one optimizer step, or roll it back: never leave non-finite weights.
 
-    Returns ``(stepped, grad_norm)``. A skipped step zeroes the gradients and leaves parameters and
-    optimizer state untouched, so one NaN batch cannot corrupt the weights.
+    The step is skipped when the loss or any gradient is non-finite; when it is applied and leaves a non-finite
+    weight (a learning rate far too high), parameters and optimizer state are restored to what they were before
+    it. Returns ``(stepped, grad_norm)``; ``stepped`` is False for a skipped or rolled-back step, whose gradients
+    are zeroed, so one bad batch cannot corrupt the weights.
     """
     if not loss_finite or not grads_finite(params):
         optimizer.zero_grad(set_to_none=True)
@@ -244,6 +252,22 @@ def safe_step(
     if not math.isfinite(grad_norm):
         optimizer.zero_grad(set_to_none=True)
         return False, grad_norm
+    before = [p.detach().clone() for p in params]
+    state = copy.deepcopy(optimizer.state_dict())
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
+    if not weights_finite(params):
+        with torch.no_grad():
+            for p, b in zip(params, before):
+                p.copy_(b)
+        optimizer.load_state_dict(state)
+        return False, grad_norm
     return True, grad_norm
+
+
+def weights_finite(params: list[torch.nn.Parameter] | list[Tensor]) -> bool:
+    """True when every parameter is finite (one fused check)."""
+    if not params:
+        return True
+    norms = torch.stack([torch.linalg.vector_norm(p.detach().float()) for p in params])
+    return bool(torch.isfinite(norms).all())

@@ -189,7 +189,7 @@ def test_optional_packages_are_checked():
     import importlib.util
 
     if importlib.util.find_spec("wandb") is None:
-        with pytest.raises(ConfigError, match="pip install wandb"):
+        with pytest.raises(ConfigError, match=r"pip install .hiper\[wandb\]."):
             load_config(None, ["trainer.logger=[wandb]"])
     if importlib.util.find_spec("vllm") is None:
         with pytest.raises(ConfigError, match="rollout.engine=hf"):

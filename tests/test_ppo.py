@@ -100,3 +100,21 @@ def test_explained_variance() -> None:
     assert math.isclose(ppo.explained_variance(y, y, m), 1.0)
     assert math.isclose(ppo.explained_variance(torch.full((4,), 2.0), y, m), 0.0, abs_tol=1e-12)
     assert math.isnan(ppo.explained_variance(y, y, torch.tensor([True, False, False, False])))
+
+
+def test_safe_step_rolls_back_a_step_that_leaves_non_finite_weights() -> None:
+    model = torch.nn.Linear(3, 2)
+    opt = torch.optim.SGD(model.parameters(), lr=1e-2, momentum=0.9)
+    params = list(model.parameters())
+    model(torch.ones(1, 3)).sum().backward()
+    assert ppo.safe_step(opt, params, None)[0]  # a normal step: applied, momentum buffers exist
+    before = [p.detach().clone() for p in params]
+    moments = [opt.state[p]["momentum_buffer"].clone() for p in params]
+    for group in opt.param_groups:
+        group["lr"] = 1e38  # finite, but lr * gradient overflows float32: the step would write -inf weights
+    model(100 * torch.ones(1, 3)).sum().backward()
+    stepped, norm = ppo.safe_step(opt, params, None)
+    assert not stepped and norm == norm  # rolled back; the gradient itself was finite
+    assert all(torch.equal(p, b) for p, b in zip(params, before))
+    assert all(torch.equal(opt.state[p]["momentum_buffer"], m) for p, m in zip(params, moments))
+    assert all(p.grad is None for p in params)

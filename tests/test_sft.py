@@ -65,3 +65,15 @@ def test_sft_max_steps_caps_optimizer_steps(setup) -> None:
     full = sft.sft_train(model, examples[:16], tok.pad_token_id, epochs=2, batch_size=4)
     capped = sft.sft_train(model, examples[:16], tok.pad_token_id, epochs=2, batch_size=4, max_steps=3)
     assert full["steps"] == 8 and capped["steps"] == 3 and len(capped["losses"]) == 3
+
+
+def test_sft_with_a_huge_learning_rate_stops_naming_sft_lr(setup) -> None:
+    from hiper.losses import UpdatesDiverged
+
+    tok, trajs = setup
+    examples = sft.examples_from_trajectories(trajs, tok)
+    model = build_tiny_model(tok, {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1,
+                                   "num_attention_heads": 2, "num_key_value_heads": 1}, seed=0)
+    with pytest.raises(UpdatesDiverged, match="lower sft.lr"):
+        sft.sft_train(model, examples, tok.pad_token_id, epochs=3, lr=1e9, batch_size=4, max_bad_steps=3)
+    assert all(torch.isfinite(p).all() for p in model.parameters())

@@ -221,3 +221,41 @@ def test_parallel_phases_are_bit_identical(estimator: str, tokenizer) -> None:
     for key in ("actor/pg_loss", "critic/loss", "actor/kl"):
         assert m_seq[-1][key] == m_par[-1][key], key
     assert {"time/critic_update", "time/actor_update"} <= set(m_par[-1])
+
+
+def test_a_huge_learning_rate_stops_the_run_with_the_cause(tokenizer, tmp_path) -> None:
+    """actor.lr=1e9: the weights blow up and the next iteration's log-probs are not finite; the run stops with a
+    one-line message naming the learning rate instead of training on (or failing deep inside the estimator)."""
+    from hiper.losses import UpdatesDiverged
+
+    cfg = tiny_config("hae", actor={"lr": 1e9}, trainer={"total_iterations": 8, "eval_every": 0,
+                                                         "num_threads": 1, "max_bad_updates": 2})
+    cfg["output_dir"] = str(tmp_path / "run")
+    trainer = Trainer(cfg, tokenizer=tokenizer)
+    with pytest.raises(UpdatesDiverged, match=r"actor.lr=1e\+09.*lower the learning rate"):
+        trainer.train()
+    assert trainer.iteration_count < 8
+    assert all(torch.isfinite(p).all() for p in trainer.policy.parameters())  # never non-finite weights
+    with torch.no_grad():
+        next(trainer.policy.parameters()).fill_(float("nan"))
+    with pytest.raises(ValueError, match="policy has non-finite weights"):
+        trainer.save_checkpoint()
+    assert not (tmp_path / "run" / "checkpoints").exists() or not any((tmp_path / "run" / "checkpoints").iterdir())
+
+
+def test_a_nan_reward_quarantines_its_trajectory(tokenizer, monkeypatch) -> None:
+    from hiper.envs.household import HouseholdEnv
+
+    real_step = HouseholdEnv.step
+    calls = {"n": 0}
+
+    def nan_once(self, action):
+        obs, reward, done, info = real_step(self, action)
+        calls["n"] += 1
+        return obs, (float("nan") if calls["n"] == 2 else reward), done, info
+
+    monkeypatch.setattr(HouseholdEnv, "step", nan_once)
+    trainer = Trainer(tiny_config("hae"), tokenizer=tokenizer)
+    metrics = trainer.iteration()
+    assert metrics["train/quarantined"] == 1.0
+    assert trainer.last.batch.n_traj == 3 and torch.isfinite(trainer.last.batch.rewards).all()

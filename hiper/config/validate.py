@@ -261,6 +261,7 @@ def _check_sft(cfg: HiperConfig) -> None:
 def _check_trainer(cfg: HiperConfig) -> None:
     """The trainer section."""
     tr = cfg.trainer
+    _check(tr.max_bad_updates >= 1, f"trainer.max_bad_updates={tr.max_bad_updates} must be >= 1")
     for key, val in (
         ("trainer.total_iterations", tr.total_iterations),
         ("trainer.eval_every", tr.eval_every),

@@ -37,7 +37,7 @@ from hiper.rollout.loop import LoopStats, run_episodes
 from hiper.rollout.manager import EnvManager
 from hiper.rollout.policies import EnginePolicy
 from hiper.rollout.records import Trajectory
-from hiper.trainer import forward, metrics
+from hiper.trainer import forward, guards, metrics
 from hiper.trainer.forward import Scores
 from hiper.trainer.phases import both, parallel_ok
 
@@ -107,6 +107,7 @@ def iteration(cfg: HiperConfig, learner: Learner, manager: EnvManager, tasks: Se
     trajs, loop = rollout(cfg, learner, manager, tasks, cfg.env.group_size, cfg.rollout.temperature,
                           seed=derive_seed(cfg.seed, ROLLOUT_STREAM, k))
     times["generate"], times["env"] = loop.policy_s, loop.env_s + loop.reset_s
+    trajs, n_quarantined = guards.quarantine(trajs, cfg.env.name)  # a NaN / inf reward never reaches the estimator
 
     # ALGO 2. turn batch: one row per (trajectory, turn); role masks and read positions from the one parser
     t0 = time.perf_counter()
@@ -141,6 +142,7 @@ def iteration(cfg: HiperConfig, learner: Learner, manager: EnvManager, tasks: Se
     times["iteration"] = time.perf_counter() - t_start
 
     m.update(metrics.rollout_metrics(trajs, batch, prefix="train/"))
+    m["train/quarantined"] = float(n_quarantined)
     m.update(metrics.timing_metrics(times, loop.generated_tokens, float(batch.n_tokens().sum()),
                                     cfg.actor.ppo_epochs, len(batch)))
     return IterationResult(trajectories=trajs, batch=batch, scores=scores, targets=targets, metrics=m)
@@ -190,6 +192,7 @@ def score(cfg: HiperConfig, learner: Learner, batch: TurnBatch, trajs: Sequence[
 
     (old_logprobs, ref_logprobs, beta), values = both(actor_side, critic_side, parallel=parallel, times=times,
                                                       names=("logprob", "critic"))
+    guards.check_finite(cfg, values, old_logprobs)
     return batch, Scores(old_logprobs=old_logprobs, ref_logprobs=ref_logprobs, values=values, beta=beta)
 
 

@@ -36,6 +36,7 @@ import torch
 from torch import nn
 
 from hiper.config.loader import parse_yaml, save_resolved
+from hiper.losses import weights_finite
 from hiper.models.tokenizer import load_tokenizer
 from hiper.rollout.weights import merged_state_dict
 
@@ -287,6 +288,9 @@ def save_checkpoint(
         name: folder name (e.g. ``"best"``); such checkpoints are never pruned.
         update_latest: point ``latest`` at this checkpoint.
     """
+    for model_name, model in models.items():
+        if not weights_finite(list(model.parameters())):
+            raise ValueError(f"refusing to save a checkpoint: {model_name} has non-finite weights")
     root = checkpoint_root(output_dir)
     root.mkdir(parents=True, exist_ok=True)
     _remove_stale_tmp(root)

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from hiper.config import HiperConfig, config_to_yaml, save_resolved
+from hiper.losses import UpdatesDiverged
 from hiper.trainer.checkpoint import save_checkpoint
 from hiper.trainer.cli_train import (
     UsageError,
@@ -64,6 +65,9 @@ def main(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         print("hiper sft: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except UpdatesDiverged as exc:
+        print(f"hiper sft: stopped: {exc}", file=sys.stderr)
+        return 1
     finally:
         logger.close()
     print(f"hiper sft: done; policy saved to {path / 'policy'}")

@@ -35,6 +35,7 @@ from hiper.config import (
     load_config,
     save_resolved,
 )
+from hiper.losses import UpdatesDiverged
 from hiper.trainer import checkpoint, demo
 from hiper.trainer.checkpoint import latest_checkpoint
 from hiper.trainer.logging import MetricLogger, plot_learning_curve, truncate_metrics
@@ -42,6 +43,7 @@ from hiper.trainer.trainer import Trainer
 
 EXIT_CONFIG_ERROR = 2
 EXIT_INTERRUPTED = 130
+EXIT_DIVERGED = 1
 
 
 def add_common_arguments(parser: argparse.ArgumentParser, resume: bool = True) -> None:
@@ -237,6 +239,9 @@ def main(args: argparse.Namespace) -> int:
     except checkpoint.CheckpointCorrupt as exc:
         print(f"hiper train: error: {exc}", file=sys.stderr)
         return EXIT_CONFIG_ERROR
+    except UpdatesDiverged as exc:
+        print(f"hiper train: stopped: {exc}", file=sys.stderr)
+        return EXIT_DIVERGED
     finally:
         logger.close()
     png = result.get("png") if demo_run else plot_curve(cfg)

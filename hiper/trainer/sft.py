@@ -17,7 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from hiper.envs.base import TaskSpec
-from hiper.losses import masked_sum, safe_step
+from hiper.losses import UpdatesDiverged, masked_sum, safe_step
 from hiper.models.policy import backbone_and_head, hidden_states, response_logprobs
 from hiper.protocol.prompts import chat_prompt
 from hiper.rollout.loop import run_episodes
@@ -132,6 +132,7 @@ def sft_train(
     micro_batch_size: int | None = None,
     prompt_loss_weight: float = 0.0,
     max_steps: int | None = None,
+    max_bad_steps: int | None = None,
 ) -> dict[str, Any]:
     """Behaviour cloning: AdamW on the token-mean response NLL, ``epochs`` shuffled passes (at most ``max_steps``
     optimizer steps when given).
@@ -139,7 +140,8 @@ def sft_train(
     Shuffling uses a private generator seeded by ``seed`` (global RNG untouched). Batches are split
     into micro-batches of ``micro_batch_size`` with the loss normalised by the batch's token count.
     ``prompt_loss_weight > 0`` adds that weight times the prompt tokens' mean next-token NLL
-    (see :func:`full_nll_sums`). A non-finite loss skips the step. Returns ``{"losses": [per-step mean NLL], "steps", "skipped"}``.
+    (see :func:`full_nll_sums`). A non-finite loss, gradient or weight rolls the step back
+    (:func:`hiper.losses.safe_step`); ``max_bad_steps`` consecutive ones raise :class:`~hiper.losses.UpdatesDiverged`. Returns ``{"losses": [per-step mean NLL], "steps", "skipped"}``.
     """
     if not examples:
         raise ValueError("SFT needs at least one example")
@@ -149,7 +151,7 @@ def sft_train(
     micro = micro_batch_size or batch_size
     model.train()
     losses: list[float] = []
-    skipped = 0
+    skipped = bad_run = 0
     for _ in range(epochs):
         order = torch.randperm(len(examples), generator=gen).tolist()
         for s in range(0, len(order), batch_size):
@@ -175,6 +177,10 @@ def sft_train(
                 total += float(loss.detach())
             stepped, _ = safe_step(opt, params, grad_clip, loss_finite=finite)
             skipped += not stepped
+            bad_run = 0 if stepped else bad_run + 1
+            if max_bad_steps is not None and bad_run >= max_bad_steps:
+                raise UpdatesDiverged(f"SFT: {bad_run} consecutive steps rolled back (non-finite loss, gradients or "
+                                      f"weights at lr={lr:g}): lower sft.lr")
             losses.append(total if finite else math.nan)
     model.eval()
     return {"losses": losses, "steps": len(losses), "skipped": skipped}

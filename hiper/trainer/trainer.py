@@ -23,6 +23,7 @@ from hiper.config.loader import from_dict
 from hiper.config.schema import HiperConfig, critic_heads
 from hiper.envs import ENV_FAMILIES, make_batch, task_panel
 from hiper.envs.base import TaskSpec
+from hiper.losses import UpdatesDiverged
 from hiper.models.critic import build_critic
 from hiper.models.policy import build_policy, make_reference
 from hiper.models.tokenizer import build_tokenizer
@@ -89,6 +90,7 @@ class Trainer:
         self.rl_ready = False
         self.sft_done = False
         self.iteration_count = 0
+        self._bad_iterations = 0
         self.history: list[dict[str, Any]] = []
         self.last: IterationResult | None = None
         self._engine: GenerationEngine | None = None
@@ -195,6 +197,7 @@ class Trainer:
         self.last = algorithm.iteration(self.config, learner, self.manager("train"), self.tasks_for_iteration(k), k)
         self.iteration_count += 1
         out = {**self.last.metrics, "iteration": self.iteration_count}
+        self._check_updates(out)
         self._emit(out, self.iteration_count)
         return out
 
@@ -225,7 +228,8 @@ class Trainer:
         before = sft.mean_nll(self.policy, examples, self.pad_id)
         res = sft.sft_train(self.policy, examples, self.pad_id, epochs=s.epochs, lr=s.lr, batch_size=s.batch_size,
                             seed=derive_seed(self.seed, SFT_SHUFFLE_STREAM), micro_batch_size=s.micro_batch_size,
-                            prompt_loss_weight=s.prompt_loss_weight, max_steps=s.max_steps)
+                            prompt_loss_weight=s.prompt_loss_weight, max_steps=s.max_steps,
+                            max_bad_steps=self.config.trainer.max_bad_updates)
         after = sft.mean_nll(self.policy, examples, self.pad_id)
         self.sft_done = True
         self._sync_engine()
@@ -303,6 +307,20 @@ class Trainer:
         self.sft_done = bool(extra.get("sft_done", False))
         self.history = list(extra.get("history", []))
         self._sync_engine()
+
+    def _check_updates(self, metrics: dict[str, Any]) -> None:
+        """Count iterations whose optimizer steps were all rolled back (``train/rolled_back_iterations``); stop the
+        run with :class:`~hiper.losses.UpdatesDiverged` after ``trainer.max_bad_updates`` in a row."""
+        failed = [m for m in ("actor", "critic")
+                  if metrics.get(f"{m}/steps", 0) > 0 and metrics[f"{m}/skipped_steps"] == metrics[f"{m}/steps"]]
+        self._bad_iterations = self._bad_iterations + 1 if failed else 0
+        metrics["train/consecutive_failed_iterations"] = float(self._bad_iterations)
+        limit = self.config.trainer.max_bad_updates
+        if self._bad_iterations >= limit:
+            lr = ", ".join(f"{m}.lr={getattr(self.config, m).lr:g}" for m in failed)
+            raise UpdatesDiverged(f"{limit} iterations in a row had every {'/'.join(failed)} update rolled back "
+                                  f"(non-finite loss, gradients or weights): the learning rate ({lr}) is likely too "
+                                  "high; lower it and resume from the last checkpoint")
 
     def _sync_engine(self) -> None:
         if self._engine is not None:
