@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from hiper.envs import ENV_FAMILIES, ENV_REGISTRY, env_class, make_batch, task_panel
+from hiper.envs import ENV_FAMILIES, ENV_REGISTRY, env_class, import_plugins, make_batch, task_panel
 from hiper.protocol.prompts import RENDERERS
 from hiper.rollout.hf import HFEngine
 from hiper.rollout.loop import run_episodes
@@ -190,7 +190,10 @@ def _kv(text: str) -> tuple[str, Any]:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--env", choices=sorted(ENV_REGISTRY), default="household", help="environment")
+    parser.add_argument("--env", default=None, help=f"environment: {', '.join(sorted(ENV_REGISTRY))} or one a plugin "
+                        "registers (default: a run folder's env, else household)")
+    parser.add_argument("--env-plugin", action="append", default=[], metavar="MODULE",
+                        help="module that registers an env (repeatable; a run folder's env.plugins are imported too)")
     parser.add_argument("--split", default=None, help=f"task split (default per env: {DEFAULT_SPLIT})")
     parser.add_argument("--n", type=int, default=None, help="first N tasks of the split (default: all)")
     parser.add_argument(
@@ -273,8 +276,22 @@ def _env_setup(args: argparse.Namespace) -> tuple[dict[str, Any], str, int]:
     return kwargs, prompt, history
 
 
+def _resolve_env(args: argparse.Namespace) -> None:
+    """Fill ``args.env`` (a run folder's env when not given) after importing the env plugins."""
+    run_env: dict[str, Any] = {}
+    if args.policy not in ("expert", "oracle", "random"):
+        run_env = load_run_env_config(resolve_policy_dir(args.policy)[1])
+    import_plugins([*run_env.get("plugins", []), *args.env_plugin])
+    if args.env is None:
+        args.env = run_env.get("name", "household")
+    if args.env not in ENV_REGISTRY:
+        raise ValueError(f"unknown env {args.env!r}; known: {', '.join(sorted(ENV_REGISTRY))} (an env of your own: "
+                         "--env-plugin MODULE)")
+
+
 def evaluate(args: argparse.Namespace) -> dict[str, Any]:
     """Run the evaluation described by ``args``; returns the JSON-able results."""
+    _resolve_env(args)
     split = args.split or DEFAULT_SPLIT.get(args.env, "test")
     env_kwargs, prompt, history_length = _env_setup(args)
     tasks = task_panel(args.env, split, n=args.n, seed=args.seed)

@@ -55,6 +55,8 @@ class EnvConfig:
     n_workers: int = setting(0, "env worker processes (0 = step the envs in the trainer's process)")
     prompt: str = setting("default", "prompt renderer: default (the official prompt) or compact (short, CPU models)",
                           "spec §2.3")
+    plugins: list[str] = setting(help="modules imported first: they register your own envs and prompt families "
+                                 "(docs/own_env.md)", factory=list)
 
 
 @dataclass

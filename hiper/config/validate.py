@@ -23,9 +23,9 @@ from hiper.config.schema import (
     HiperConfig,
     estimator_config,
 )
-from hiper.envs.registry import ENV_REGISTRY
+from hiper.envs.registry import ENV_FAMILIES, ENV_REGISTRY, import_plugins
 from hiper.losses import policy_losses
-from hiper.protocol.prompts import RENDERERS
+from hiper.protocol.prompts import FAMILIES, RENDERERS
 
 
 def _choice(value: Any, key: str, choices: tuple[str, ...]) -> None:
@@ -87,7 +87,13 @@ def validate_config(cfg: HiperConfig) -> None:
 def _check_env(cfg: HiperConfig) -> None:
     """The env section."""
     env = cfg.env
+    try:
+        import_plugins(env.plugins)
+    except ImportError as exc:
+        raise ConfigError(f"env.plugins: {exc}; fix the module name or install it") from None
     _choice(env.name, "env.name", tuple(sorted(ENV_REGISTRY)))
+    _check(ENV_FAMILIES[env.name] in FAMILIES, f"env.name={env.name!r} uses prompt family "
+           f"{ENV_FAMILIES[env.name]!r}, which no module registered: add it with hiper.protocol.register_family")
     for key, val, low in (
         ("env.max_steps", env.max_steps, 1),
         ("env.history_length", env.history_length, 0),

@@ -8,7 +8,15 @@ from __future__ import annotations
 
 from hiper.envs.base import INFO_KEYS, ExpertEnv, ExpertStep, StepResult, TaskSpec, TextEnv, check_info
 from hiper.envs.pool import BatchEnv, EnvPool, InProcessBatch, LocalEnvBatch, make_batch
-from hiper.envs.registry import ENV_FAMILIES, ENV_REGISTRY, env_class, make_env, task_panel
+from hiper.envs.registry import (
+    ENV_FAMILIES,
+    ENV_REGISTRY,
+    env_class,
+    import_plugins,
+    make_env,
+    register_env,
+    task_panel,
+)
 
 __all__ = [
     "ENV_FAMILIES",
@@ -25,7 +33,9 @@ __all__ = [
     "TextEnv",
     "check_info",
     "env_class",
+    "import_plugins",
     "make_batch",
     "make_env",
+    "register_env",
     "task_panel",
 ]

@@ -547,10 +547,11 @@ class InProcessBatch(LocalEnvBatch):
         self.envs = [factory() for _ in range(n)]
 
 
-def make_batch(env: str, n_workers: int = 0, timeout_s: float = 120.0, **env_kwargs: Any) -> BatchEnv:
+def make_batch(env: str, n_workers: int = 0, timeout_s: float = 120.0, plugins: Sequence[str] = (),
+               **env_kwargs: Any) -> BatchEnv:
     """A batch env for registered env ``env``: a worker :class:`EnvPool` when ``n_workers > 0``, otherwise an
-    in-process :class:`LocalEnvBatch`."""
-    factory = functools.partial(make_env, env, **env_kwargs)
+    in-process :class:`LocalEnvBatch`. ``plugins``: modules that register ``env`` (imported in every worker)."""
+    factory = functools.partial(make_env, env, tuple(plugins), **env_kwargs)
     if n_workers > 0:
         return EnvPool(factory, n_workers=n_workers, timeout_s=timeout_s)
     return LocalEnvBatch(factory)

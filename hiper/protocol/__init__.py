@@ -28,11 +28,15 @@ from hiper.protocol.grammar import (
     shown_subgoal,
 )
 from hiper.protocol.prompts import (
-    PROMPT_FAMILIES,
+    FAMILIES,
     RENDERERS,
     PromptConfig,
+    PromptFamily,
     chat_prompt,
     compact_renderer,
+    prompt_families,
+    quoted_actions,
+    register_family,
     render_prompt,
 )
 
@@ -40,13 +44,14 @@ __all__ = [
     "BLOCKS",
     "INITIAL_SUBGOAL",
     "KEEP_CONTINUATION",
-    "PROMPT_FAMILIES",
+    "FAMILIES",
     "REASON_CODES",
     "RENDERERS",
     "SWITCH_CONTINUATIONS",
     "ParseStats",
     "ParsedResponse",
     "PromptConfig",
+    "PromptFamily",
     "Switch",
     "chat_prompt",
     "compact_renderer",
@@ -55,6 +60,9 @@ __all__ = [
     "next_subgoal",
     "normalize_subgoal",
     "parse_response",
+    "prompt_families",
+    "quoted_actions",
+    "register_family",
     "render_prompt",
     "shown_subgoal",
 ]

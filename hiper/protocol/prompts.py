@@ -13,7 +13,37 @@ from typing import Any
 
 from hiper.protocol.grammar import INITIAL_SUBGOAL
 
-PROMPT_FAMILIES = ("household", "webshop")
+
+@dataclass(frozen=True)
+class PromptFamily:
+    """How one family of envs is shown in the prompt.
+
+    Attributes:
+        role: the opening sentence (what the agent controls).
+        render_actions: admissible actions -> the "Available actions" block.
+        render_observation: ``(observation, task) -> text`` for the current and past observations (default: as is).
+    """
+
+    role: str
+    render_actions: Callable[[Sequence[str]], str]
+    render_observation: Callable[[str, str], str] | None = None
+
+
+#: prompt family name -> :class:`PromptFamily`; :func:`register_family` adds one (an env names its family)
+FAMILIES: dict[str, PromptFamily] = {}
+
+
+def register_family(name: str, family: PromptFamily, *, replace: bool = False) -> PromptFamily:
+    """Make ``name`` a prompt family the renderers know; ``ValueError`` if it exists (unless ``replace``)."""
+    if name in FAMILIES and not replace and FAMILIES[name] != family:
+        raise ValueError(f"prompt family {name!r} is already registered")
+    FAMILIES[name] = family
+    return family
+
+
+def prompt_families() -> list[str]:
+    """Names of the registered prompt families."""
+    return sorted(FAMILIES)
 
 
 @dataclass(frozen=True)
@@ -28,17 +58,6 @@ class PromptConfig:
     history_length: int = 2
     max_chars: int | None = 13000
 
-
-_ROLE = {
-    "household": (
-        "You control an agent in a text-based household simulator. You can only act through the text "
-        "commands listed below."
-    ),
-    "webshop": (
-        "You control a shopping agent on a simulated online store. You browse by searching and clicking, "
-        "and the episode ends when you buy a product."
-    ),
-}
 
 _PLAN = (
     "Work toward the task one sub-goal at a time. A sub-goal is a small objective that a few actions can "
@@ -101,6 +120,19 @@ def _webshop_observation(observation: str, task: str) -> str:
     return " [SEP] ".join(f"'{p}'" for p in kept)
 
 
+register_family("household", PromptFamily(
+    role="You control an agent in a text-based household simulator. You can only act through the text commands "
+         "listed below.",
+    render_actions=_render_household_actions,
+))
+register_family("webshop", PromptFamily(
+    role="You control a shopping agent on a simulated online store. You browse by searching and clicking, and the "
+         "episode ends when you buy a product.",
+    render_actions=_render_webshop_actions,
+    render_observation=_webshop_observation,
+))
+
+
 def _render(
     family: str,
     task: str,
@@ -111,7 +143,7 @@ def _render(
     step: int,
     first_history_step: int,
 ) -> str:
-    parts = [_ROLE[family], _PLAN, f"Task: {task}"]
+    parts = [FAMILIES[family].role, _PLAN, f"Task: {task}"]
     if history:
         lines = [f"You have taken {step} step(s) so far. The last {len(history)} step(s):"]
         for k, (obs, act) in enumerate(history):
@@ -145,7 +177,8 @@ def render_prompt(
     """The user-message text for one turn.
 
     Args:
-        family: ``"household"`` (embedded household world and ALFWorld) or ``"webshop"``.
+        family: a registered prompt family: ``"household"`` (embedded world and ALFWorld), ``"webshop"``, or one
+            added with :func:`register_family`.
         task: the task / instruction text.
         observation: the current observation (for WebShop the raw ``[SEP]`` page text is fine: the parts
             after the instruction are kept and quoted).
@@ -158,20 +191,17 @@ def render_prompt(
         step: number of env steps taken so far (0 at the first turn).
         config: :class:`PromptConfig`; if the prompt exceeds ``max_chars`` the no-history variant is used.
     """
-    if family not in PROMPT_FAMILIES:
-        raise ValueError(f"unknown prompt family {family!r}; known: {PROMPT_FAMILIES}")
+    if family not in FAMILIES:
+        raise ValueError(f"unknown prompt family {family!r}; known: {prompt_families()} (add one with "
+                         "hiper.protocol.register_family)")
+    fam = FAMILIES[family]
     cfg = config or PromptConfig()
     subgoal = INITIAL_SUBGOAL if current_subgoal is None or not current_subgoal.strip() else current_subgoal
-    if family == "webshop":
-        obs = _webshop_observation(observation, task)
-        actions_block = _render_webshop_actions(admissible)
-    else:
-        obs = observation
-        actions_block = _render_household_actions(admissible)
+    show = fam.render_observation or (lambda o, _t: o)
+    obs = show(observation, task)
+    actions_block = fam.render_actions(admissible)
     k = cfg.history_length
-    shown = list(history[-k:]) if (k > 0 and step > 0) else []
-    if family == "webshop":
-        shown = [(_webshop_observation(o, task), a) for o, a in shown]
+    shown = [(show(o, task), a) for o, a in history[-k:]] if (k > 0 and step > 0) else []
     first = max(step - len(shown), 0)
     text = _render(family, task, obs, actions_block, subgoal, shown, step, first)
     if shown and cfg.max_chars is not None and len(text) > cfg.max_chars:
@@ -236,4 +266,10 @@ def compact_renderer(
 #: ``env.prompt`` config value -> renderer (``render_prompt``'s history trimming is configured by the caller).
 RENDERERS: dict[str, Callable[..., str]] = {"default": render_prompt, "compact": compact_renderer}
 
-__all__ = ["PROMPT_FAMILIES", "RENDERERS", "PromptConfig", "chat_prompt", "compact_renderer", "render_prompt"]
+def quoted_actions(admissible: Sequence[str]) -> str:
+    """One quoted action per line (``help`` dropped): the household rendering, a good default for a new family."""
+    return _render_household_actions(admissible)
+
+
+__all__ = ["FAMILIES", "RENDERERS", "PromptConfig", "PromptFamily", "chat_prompt", "compact_renderer",
+           "prompt_families", "quoted_actions", "register_family", "render_prompt"]

@@ -21,7 +21,7 @@ import torch
 
 from hiper.config.loader import from_dict
 from hiper.config.schema import HiperConfig, critic_heads
-from hiper.envs import ENV_FAMILIES, make_batch, task_panel
+from hiper.envs import ENV_FAMILIES, import_plugins, make_batch, task_panel
 from hiper.envs.base import TaskSpec
 from hiper.losses import UpdatesDiverged
 from hiper.models.critic import build_critic
@@ -75,6 +75,7 @@ class Trainer:
         if cfg.trainer.num_threads:
             # tiny CPU models: one intra-op thread avoids oversubscription stalls on small shared machines
             torch.set_num_threads(cfg.trainer.num_threads)
+        import_plugins(cfg.env.plugins)  # the run's own envs and prompt families (already imported if validated)
         self.env_name = cfg.env.name
         self.family = ENV_FAMILIES[self.env_name]
         self.tokenizer = tokenizer if tokenizer is not None else build_tokenizer(cfg)
@@ -147,7 +148,8 @@ class Trainer:
         if purpose not in self._managers:
             env = self.config.env
             kwargs = {**env.kwargs, "max_steps": env.max_steps}
-            self._managers[purpose] = EnvManager(make_batch(env.name, n_workers=env.n_workers, **kwargs),
+            self._managers[purpose] = EnvManager(make_batch(env.name, n_workers=env.n_workers, plugins=env.plugins,
+                                                            **kwargs),
                                                  family=self.family, history_length=env.history_length,
                                                  renderer=RENDERERS[env.prompt])
         return self._managers[purpose]
