@@ -106,13 +106,12 @@ def register_gym_env(
 ) -> type[GymTextEnv]:
     """Register the gymnasium-style env built by ``make()`` as hiper env ``name`` (see the module docstring);
     ``task`` is the task text, or a function of the reset ``info``. Returns the adapter class."""
-    attrs: dict[str, Any] = {"make": staticmethod(make), "family": family, "task": task, "task_type": task_type,
+    attrs: dict[str, Any] = {"make": staticmethod(make), "family": family, "task_type": task_type,
+                             "task": staticmethod(task) if callable(task) else task,
                              "reward_scale": reward_scale, "__module__": __name__}
     if split_sizes is not None:
         attrs["split_sizes"] = dict(split_sizes)
-    cls = type(name, (GymTextEnv,), attrs)
-    if callable(task):
-        cls.task = staticmethod(task)  # type: ignore[assignment]
+    cls: type[GymTextEnv] = type(name, (GymTextEnv,), attrs)
     register_env(name, cls, family, replace=replace)
     return cls
 
