@@ -170,15 +170,16 @@ def actor_loss_sum(
 
 
 def value_loss_terms(
-    values: Tensor, old_values: Tensor, returns: Tensor, mask: Tensor, cliprange: float | None
+    values: Tensor, old_values: Tensor, returns: Tensor, mask: Tensor, cliprange: float | None, *, scale: float
 ) -> tuple[Tensor, Tensor]:
     """Clipped value loss of one head summed over ``mask`` (all ``[B]`` at the head's read position).
 
-    ``0.5 * max((v - G)^2, (clip(v, v_old - c, v_old + c) - G)^2)`` (verl's convention, including
-    the 0.5); ``cliprange=None`` disables clipping. Returns (loss sum, clipped-count).
+    ``scale * max((v - G)^2, (clip(v, v_old - c, v_old + c) - G)^2)``: ``scale`` is ``critic.loss_scale`` (1.0 in
+    the official HiPER fork, 0.5 in verl's convention); ``cliprange=None`` disables clipping. Returns (loss sum,
+    clipped-count).
     """
     per, clipped = clipped_value_error(values, old_values, returns, cliprange)
-    return 0.5 * masked_sum(per, mask), masked_sum(clipped, mask).detach()
+    return scale * masked_sum(per, mask), masked_sum(clipped, mask).detach()
 
 
 def clipped_value_error(

@@ -91,6 +91,9 @@ def test_train_without_config_is_the_demo(tmp_path, monkeypatch, capsys):
     result = json.loads((out / "demo_result.json").read_text())
     assert 0.0 <= result["before"]["eval/success"] <= 1.0 and 0.0 <= result["after"]["eval/success"] <= 1.0
     assert load_config(str(out / "config.yaml"), []) == load_config(None, small)
+    # the best held-out checkpoint is kept beside the final one, and resuming still starts from the final one
+    assert (out / "checkpoints" / "best" / "manifest.json").is_file()
+    assert (out / "checkpoints" / "latest").read_text().strip() == "iter_000001"
 
 
 TINY_RUN = ["env.n_envs=2", "env.eval_episodes=2", "env.max_steps=4", "sft.episodes=2", "sft.epochs=1",

@@ -85,7 +85,7 @@ def test_overrides_are_yaml_values():
     assert cfg.actor.lr == 1e-6 and isinstance(cfg.actor.lr, float)
     assert cfg.trainer.logger == ["console", "jsonl"]
     assert cfg.critic.cliprange_value is None and cfg.sft.enabled is False
-    assert cfg.env.kwargs == {"difficulty": "small"}
+    assert cfg.env.kwargs == {"difficulty": "small", "step_limit": "truncated"}  # one key set, the rest kept
     assert cfg.model.tiny["hidden_size"] == 64 and cfg.model.tiny["num_hidden_layers"] == 3
     assert cfg.trainer.experiment_name == "7"
 

@@ -58,16 +58,25 @@ def test_winning_step_reward_and_done() -> None:
         check_info(info)
 
 
-def test_max_steps_truncation() -> None:
-    env = HouseholdEnv(max_steps=4)
+@pytest.mark.parametrize("step_limit", ["terminal", "truncated"])
+def test_max_steps_ends_the_episode(step_limit: str) -> None:
+    """The step limit ends a failed episode: terminal by default (as ALFWorld / TextWorld deliver it), or a
+    truncation with ``step_limit="truncated"``."""
+    env = HouseholdEnv(max_steps=4, step_limit=step_limit)
     env.reset(TaskSpec("household", "train", 0, 0))
     for k in range(1, 5):
         obs, reward, done, info = env.step("look")
         assert info["step"] == k and reward == 0.0
         assert done == (k == 4)
-    assert info["truncated"] and info["truncation_reason"] == "max_steps" and not info["won"]
+    assert not info["won"]
+    if step_limit == "truncated":
+        assert info["truncated"] and info["truncation_reason"] == "max_steps"
+    else:
+        assert not info["truncated"] and info["truncation_reason"] is None
     with pytest.raises(RuntimeError, match="over"):
         env.step("look")
+    with pytest.raises(ValueError, match="step_limit"):
+        HouseholdEnv(step_limit="soft")
 
 
 def test_inadmissible_action_is_a_noop() -> None:
@@ -239,3 +248,48 @@ def test_bench_runs() -> None:
     out = household_env.run(args)
     assert out["random_steps"] == 300 and out["expert_success"] == 1.0
     assert out["random_steps_per_s"] > 0 and out["expert_episodes_per_s"] > 0
+
+
+@pytest.mark.parametrize("step_limit", ["terminal", "truncated"])
+def test_a_failed_episode_gets_the_official_critic_targets(step_limit: str) -> None:
+    """A failed episode ends terminal at the step limit, as the official ALFWorld rollout stores it, so HAE's
+    low-level targets in the last segment are the rewards-to-go, with nothing bootstrapped from the critic even
+    when ``bootstrap_truncated`` is on (the ALFWorld preset); a ``truncated`` step limit bootstraps (the old
+    behaviour, now an explicit choice)."""
+    import torch
+
+    from hiper import advantage
+    from hiper.advantage.from_batch import advantage_inputs, to_rows
+    from hiper.batch import TurnBatch
+    from hiper.envs import make_batch
+    from hiper.models.tokenizer import household_tokenizer
+    from hiper.protocol import chat_prompt, format_response
+    from hiper.protocol.spans import TokenByteTable
+    from hiper.rollout.loop import run_episodes
+    from hiper.rollout.manager import EnvManager
+
+    class Looker:
+        def act(self, requests):
+            return {r.slot: format_response("SWITCH" if r.turn == 0 else "KEEP", "look around", "look")
+                    for r in requests}
+
+    tok = household_tokenizer("household", {"difficulty": "tiny"})
+    manager = EnvManager(make_batch("household", difficulty="tiny", max_steps=6, step_limit=step_limit),
+                         family="household")
+    (traj,) = run_episodes(manager, Looker(), [TaskSpec("household", "train", 0, 0)])
+    assert traj.length == 6 and not traj.won
+    for rec in traj.turns:
+        rec.extras["prompt_ids"] = tok(chat_prompt(tok, rec.prompt), add_special_tokens=False)["input_ids"]
+        rec.extras["response_ids"] = tok(rec.response, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+    batch = TurnBatch.from_trajectories([traj], TokenByteTable.from_tokenizer(tok), tok.pad_token_id)
+    assert batch.dones.tolist() == [False] * 5 + [step_limit == "terminal"]
+    values = {h: torch.full((len(batch),), 3.0) for h in ("low", "high", "term")}
+    cfg = advantage.HAEConfig(keep_penalty=-0.3, invalid_penalty=0.1, bootstrap_truncated=True)
+    out = advantage.get("hae")(advantage_inputs(batch, values), cfg)
+    ret_low = to_rows(batch, out.returns["low"])
+    shaped = to_rows(batch, out.shaped_rewards.total)
+    rewards_to_go = torch.flip(torch.cumsum(torch.flip(shaped, [0]), 0), [0])
+    if step_limit == "terminal":  # one segment (SWITCH at turn 0, then KEEP): pure rewards-to-go, all <= 0
+        assert torch.allclose(ret_low, rewards_to_go, atol=1e-6) and bool((ret_low <= 0).all())
+    else:  # the truncated last segment bootstraps from the critic's own value (3.0 here)
+        assert torch.allclose(ret_low, rewards_to_go + 3.0, atol=1e-6)

@@ -63,12 +63,14 @@ def test_kl_k3_and_entropy_terms() -> None:
 def test_value_loss_clipped_and_unclipped() -> None:
     v, old, ret = torch.tensor([1.0]), torch.tensor([0.0]), torch.tensor([2.0])
     mask = torch.tensor([True])
-    loss, n_clipped = ppo.value_loss_terms(v, old, ret, mask, 0.5)
+    loss, n_clipped = ppo.value_loss_terms(v, old, ret, mask, 0.5, scale=0.5)
     assert math.isclose(float(loss), 0.5 * 2.25)  # clip(v) = 0.5 -> (0.5 - 2)^2 = 2.25 > (1 - 2)^2
     assert float(n_clipped) == 1.0
-    loss, _ = ppo.value_loss_terms(v, old, ret, mask, None)
+    loss, _ = ppo.value_loss_terms(v, old, ret, mask, None, scale=0.5)
     assert math.isclose(float(loss), 0.5)
-    loss, _ = ppo.value_loss_terms(v, old, ret, torch.tensor([False]), None)
+    loss, _ = ppo.value_loss_terms(v, old, ret, mask, None, scale=1.0)  # the official fork's scale
+    assert math.isclose(float(loss), 1.0)
+    loss, _ = ppo.value_loss_terms(v, old, ret, torch.tensor([False]), None, scale=0.5)
     assert float(loss) == 0.0
 
 

@@ -536,7 +536,7 @@ def test_position_value_loss_equals_per_head_clipped_means(group_rows: VerlRows)
         m = res.value_weight[:, c] > 0
         v_new = new.gather(1, res.value_pos[:, c : c + 1]).squeeze(1)
         v_old = old.gather(1, res.value_pos[:, c : c + 1]).squeeze(1)
-        s, _ = value_loss_terms(v_new, v_old, res.value_target[:, c], m, 0.5)
+        s, _ = value_loss_terms(v_new, v_old, res.value_target[:, c], m, 0.5, scale=0.5)  # verl's 0.5
         ref += coefs[h] * float(s) / int(m.sum())
     assert abs(float(loss) - ref) < 1e-5
     assert "critic/low_vpred_mean" in stats and "critic/high_clipfrac" in stats

@@ -55,6 +55,8 @@ class EnvConfig:
     n_workers: int = setting(0, "env worker processes (0 = step the envs in the trainer's process)")
     prompt: str = setting("default", "prompt renderer: default (the official prompt) or compact (short, CPU models)",
                           "spec §2.3")
+    switch_hint: bool = setting(True, "the default prompt adds 'answer SWITCH' before the first subgoal (hiper's "
+                                "addition; off in the paper presets)", "spec §2.3: the official prompt has no hint")
     plugins: list[str] = setting(help="modules imported first: they register your own envs and prompt families "
                                  "(docs/own_env.md)", factory=list)
 
@@ -100,6 +102,8 @@ class CriticConfig:
     weight_decay: float = setting(0.01, "AdamW weight decay", "paper 0.01")
     cliprange_value: float | None = setting(None, "PPO value clip around the old values (null = unclipped)",
                                             "paper 0.5")
+    loss_scale: float = setting(1.0, "factor on each head's squared value error (verl's convention is 0.5)",
+                                "official HiPER fork core_algos.py:842-846: 1.0")
     high_value_coef: float = setting(1.0, "weight of the high head's loss", "paper 1.0")
     term_value_coef: float = setting(1.0, "weight of the term head's loss", "paper 1.0")
     grad_clip: float = setting(1.0, "max grad norm", "paper 1.0")

@@ -165,6 +165,7 @@ def _check_critic(cfg: HiperConfig) -> None:
     _nonneg(critic.high_value_coef, "critic.high_value_coef")
     _nonneg(critic.term_value_coef, "critic.term_value_coef")
     _positive(critic.grad_clip, "critic.grad_clip")
+    _positive(critic.loss_scale, "critic.loss_scale")
     if critic.dtype is not None:
         _choice(critic.dtype, "critic.dtype", DTYPES)
     _check(critic.mini_batch_size is None or critic.mini_batch_size >= 1,

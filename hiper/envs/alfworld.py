@@ -7,7 +7,8 @@ and alfworld's ``AlfredDemangler``/``AlfredInfos`` wrappers; ``traj_data.json`` 
 
 Semantics (spec §2.7, as in verl-agent's ``AlfredTWEnv``):
 
-* at most ``max_steps = 50`` steps; the 50th step ends the episode with ``truncated=True`` unless won;
+* at most ``max_steps = 50`` steps; the 50th step ends the episode, a failure unless won, and by default a
+  *terminal* one (``step_limit="terminal"``), as TextWorld's limit wrapper and the official rollout deliver it;
 * reward ``reward_scale * won`` (default 10) on the winning step, 0 otherwise; ``done`` when won;
 * ``'help'`` is removed from the admissible actions; an inadmissible action gives "Nothing happens."
   and still counts as a step;
@@ -43,7 +44,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from hiper.envs.base import ALFWORLD_TASK_PREFIXES, TASK_TYPES, ExpertStep, TaskSpec
+from hiper.envs.base import ALFWORLD_TASK_PREFIXES, TASK_TYPES, ExpertStep, TaskSpec, step_limit_flags
 from hiper.envs.data import alfworld_json_dir
 from hiper.envs.pool import EnvPool
 
@@ -246,7 +247,10 @@ class AlfWorldEnv:
     """One ALFWorld game at a time, with the :class:`~hiper.envs.base.TextEnv` contract.
 
     Args:
-        max_steps: step limit per episode (paper: 50); the last step ends the episode truncated.
+        max_steps: step limit per episode (paper: 50); the last step ends the episode.
+        step_limit: ``"terminal"`` (default: TextWorld's limit wrapper returns ``done`` at the limit and the
+            official rollout stores it, so a failed episode ends terminal) or ``"truncated"`` (a time limit,
+            ``truncation_reason = "max_steps"``); see :data:`hiper.envs.base.STEP_LIMITS`.
         reward_scale: reward on the winning step (paper: 10).
         data_dir: folder holding ``json_2.1.1/`` (or ``json_2.1.1`` itself); default: discovery
             (``$ALFWORLD_DATA``, then the unpacked cache of the shared archive).
@@ -266,9 +270,12 @@ class AlfWorldEnv:
         reward_scale: float = 10.0,
         data_dir: str | os.PathLike[str] | None = None,
         expert_plan: bool = True,
+        step_limit: str = "terminal",
     ) -> None:
         if int(max_steps) < 1:
             raise ValueError(f"max_steps must be >= 1, got {max_steps}")
+        step_limit_flags(step_limit, False)  # validates the value
+        self.step_limit = step_limit
         self.max_steps = int(max_steps)
         self.reward_scale = float(reward_scale)
         self.data_dir = data_dir
@@ -402,12 +409,12 @@ class AlfWorldEnv:
         if obs.startswith("You move") or obs.startswith("You put"):
             self._n_placed += 1
         self._won = bool(self._state["won"])
-        truncated = not self._won and self._step >= self.max_steps
-        self._done = self._won or truncated
+        limit = not self._won and self._step >= self.max_steps
+        self._done = self._won or limit
         reward = self.reward_scale if self._won else 0.0
-        return obs, reward, self._done, self._info(truncated)
+        return obs, reward, self._done, self._info(*step_limit_flags(self.step_limit, limit))
 
-    def _info(self, truncated: bool = False) -> dict[str, Any]:
+    def _info(self, truncated: bool = False, reason: str | None = None) -> dict[str, Any]:
         admissible = [a for a in self._state["admissible_commands"] if a != "help"]
         return {
             "admissible": admissible,
@@ -416,7 +423,7 @@ class AlfWorldEnv:
             "won": self._won,
             "score": 1.0 if self._won else 0.0,
             "truncated": truncated,
-            "truncation_reason": "max_steps" if truncated else None,
+            "truncation_reason": reason,
             "step": self._step,
             "gamefile": self.game_file,
         }

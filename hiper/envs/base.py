@@ -104,6 +104,21 @@ class ExpertEnv(Protocol):
     def expert(self) -> ExpertStep: ...
 
 
+#: what the step limit of an episode means: ``"terminal"`` (the episode's last, failed transition, as TextWorld and
+#: the official ALFWorld rollout deliver it: the estimators bootstrap nothing after it) or ``"truncated"`` (a time
+#: limit: the estimators may bootstrap from the critic, ``algorithm.hae.bootstrap_truncated``)
+STEP_LIMITS = ("terminal", "truncated")
+
+
+def step_limit_flags(step_limit: str, reached: bool) -> tuple[bool, str | None]:
+    """``(truncated, truncation_reason)`` of a step that ends an episode at its step limit (``reached``)."""
+    if step_limit not in STEP_LIMITS:
+        raise ValueError(f"step_limit must be one of {STEP_LIMITS}, got {step_limit!r}")
+    if reached and step_limit == "truncated":
+        return True, "max_steps"
+    return False, None
+
+
 def check_info(info: dict[str, Any]) -> dict[str, Any]:
     """Raise ``KeyError`` naming the missing keys if ``info`` lacks any of :data:`INFO_KEYS`."""
     missing = [k for k in INFO_KEYS if k not in info]

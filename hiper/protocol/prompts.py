@@ -53,10 +53,13 @@ class PromptConfig:
     ``history_length``: how many of the most recent (observation, action) pairs are shown.
     ``max_chars``: if a rendered prompt is longer, the no-history variant is used for that turn (spec 2.3:
     13,000 characters for WebShop; household prompts never get near it). ``None`` disables the fallback.
+    ``switch_hint``: before the first subgoal, add "(none chosen yet: answer SWITCH and write your first one)";
+    hiper's addition, the official prompt shows only "None".
     """
 
     history_length: int = 2
     max_chars: int | None = 13000
+    switch_hint: bool = True
 
 
 _PLAN = (
@@ -134,6 +137,7 @@ register_family("webshop", PromptFamily(
 
 
 def _render(
+    switch_hint: bool,
     family: str,
     task: str,
     observation: str,
@@ -151,7 +155,7 @@ def _render(
             lines.append(f"- Step {i} observation: {obs}\n  Step {i} action: {act}")
         parts.append("\n".join(lines))
     parts.append(f"Current observation (step {step + 1}): {observation}")
-    if current_subgoal == INITIAL_SUBGOAL:
+    if current_subgoal == INITIAL_SUBGOAL and switch_hint:
         parts.append(
             f"Current sub-goal: {INITIAL_SUBGOAL} (none chosen yet: answer SWITCH and write your first one)"
         )
@@ -203,9 +207,9 @@ def render_prompt(
     k = cfg.history_length
     shown = [(show(o, task), a) for o, a in history[-k:]] if (k > 0 and step > 0) else []
     first = max(step - len(shown), 0)
-    text = _render(family, task, obs, actions_block, subgoal, shown, step, first)
+    text = _render(cfg.switch_hint, family, task, obs, actions_block, subgoal, shown, step, first)
     if shown and cfg.max_chars is not None and len(text) > cfg.max_chars:
-        text = _render(family, task, obs, actions_block, subgoal, [], step, step)
+        text = _render(cfg.switch_hint, family, task, obs, actions_block, subgoal, [], step, step)
     return text
 
 

@@ -73,6 +73,7 @@ class EnvManager:
         history_length: number of most recent ``(observation, action)`` pairs shown in the prompt.
         renderer: ``render_prompt``-compatible callable; default :func:`hiper.render_prompt`.
         strict_parse: passed to :func:`hiper.protocol.parse_response`.
+        switch_hint: the default renderer's first-turn "answer SWITCH" hint (:class:`PromptConfig`).
         max_turns: optional manager-side turn cap; an env still running after it is marked
             ``done``/``truncated`` with ``truncation_reason="max_turns"`` (envs cap themselves too).
     """
@@ -85,6 +86,7 @@ class EnvManager:
         renderer: Renderer | None = None,
         strict_parse: bool = False,
         max_turns: int | None = None,
+        switch_hint: bool = True,
     ) -> None:
         self.envs = envs
         self.family = family or getattr(envs, "family", None)
@@ -97,7 +99,7 @@ class EnvManager:
         self.history_length = history_length
         if renderer is None or renderer is render_prompt:
             # the default renderer trims the history itself: make it show exactly ``history_length`` pairs
-            config = PromptConfig(history_length=history_length)
+            config = PromptConfig(history_length=history_length, switch_hint=switch_hint)
             renderer = functools.partial(render_prompt, config=config)
         self.renderer: Renderer = renderer
         self.strict_parse = strict_parse

@@ -256,7 +256,8 @@ def update_critic(cfg: HiperConfig, learner: Learner, batch: TurnBatch, scores: 
                     v_mask = targets.value_mask[h][rows].to(device)
                     # ALGO clipped value loss of head h (spec §3.12)
                     vl, _ = losses.value_loss_terms(vals[h].float(), scores.values[h][rows].to(device),
-                                                    targets.returns[h][rows].to(device), v_mask, ccfg.cliprange_value)
+                                                    targets.returns[h][rows].to(device), v_mask, ccfg.cliprange_value,
+                                                    scale=ccfg.loss_scale)
                     loss = loss + coefs[h] * vl / n_head[h]
                     sums[h] += float(vl.detach())
                     counts[h] += int(v_mask.sum())

@@ -45,6 +45,8 @@ LATEST = "latest"
 TRAINER_STATE = "trainer_state.pt"
 CONFIG_FILE = "config.yaml"
 MANIFEST = "manifest.json"
+#: name of the best-validation checkpoint (never pruned, never the ``latest`` resume point)
+BEST = "best"
 STATE_DICT_FILE = "state_dict.pt"
 #: sub-folder of a LoRA policy folder holding peft's adapter (``save_pretrained`` of the PeftModel).
 LORA_ADAPTER_DIR = "adapter"

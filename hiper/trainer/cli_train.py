@@ -174,7 +174,8 @@ def make_logger(cfg: HiperConfig) -> Any:
 def run_training(cfg: HiperConfig, logger: Any) -> Trainer:
     """``Trainer(cfg, logger=...)``, resumed from ``trainer.resume`` when set, trained, and its final checkpoint
     saved (whatever ``trainer.save_every`` says, so ``hiper eval --policy RUN`` and ``--resume RUN`` work)."""
-    trainer = Trainer(cfg, logger=logger)
+    trainer = Trainer(cfg, logger=logger, callbacks=[])
+    trainer.callbacks.append(trainer.save_best)  # checkpoints/best follows eval/success
     if cfg.trainer.resume is not None:
         trainer.load_checkpoint(cfg.trainer.resume, verify=False)  # prepare_run_dir verified it
     trainer.train()

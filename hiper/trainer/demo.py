@@ -94,6 +94,8 @@ def run_demo(config: HiperConfig, output_dir: str | None = None, quiet: bool = F
     out_dir = output_dir or config.output_dir
     os.makedirs(out_dir, exist_ok=True)
     trainer = Trainer(config, logger=logger or _ConsoleLogger(quiet))
+    if on_done is not None:  # hiper train: keep checkpoints/best as held-out success improves
+        trainer.callbacks.append(trainer.save_best)
     if not quiet:
         source = config.model.path or "tiny Qwen2 from a config"
         n_params = sum(p.numel() for p in trainer.policy.parameters())

@@ -92,6 +92,7 @@ class Trainer:
         self.sft_done = False
         self.iteration_count = 0
         self._bad_iterations = 0
+        self.best_eval = float("-inf")
         self.history: list[dict[str, Any]] = []
         self.last: IterationResult | None = None
         self._engine: GenerationEngine | None = None
@@ -151,7 +152,7 @@ class Trainer:
             self._managers[purpose] = EnvManager(make_batch(env.name, n_workers=env.n_workers, plugins=env.plugins,
                                                             **kwargs),
                                                  family=self.family, history_length=env.history_length,
-                                                 renderer=RENDERERS[env.prompt])
+                                                 renderer=RENDERERS[env.prompt], switch_hint=env.switch_hint)
         return self._managers[purpose]
 
     # ------------------------------------------------------------------------------------------ tasks
@@ -279,19 +280,30 @@ class Trainer:
             models["reference"] = self.reference
         return models, optimizers
 
-    def save_checkpoint(self, output_dir: str | None = None, name: str | None = None) -> Path:
+    def save_checkpoint(self, output_dir: str | None = None, name: str | None = None,
+                        update_latest: bool = True) -> Path:
         """Write an atomic checkpoint with :mod:`hiper.trainer.checkpoint` (models, optimizers, RNG, counters).
 
-        Returns the checkpoint folder (``<output_dir>/checkpoints/iter_<k>`` unless ``name`` is given).
+        Returns the checkpoint folder (``<output_dir>/checkpoints/iter_<k>`` unless ``name`` is given);
+        ``update_latest=False`` leaves the ``latest`` pointer (the resume point) alone.
         """
         models, optimizers = self._checkpoint_parts()
         extra = {"sft_done": self.sft_done, "rl_ready": self.rl_ready, "history": list(self.history),
-                 "sampler": {"seed": self.seed, "position": self.iteration_count}}
+                 "sampler": {"seed": self.seed, "position": self.iteration_count}, "best_eval": self.best_eval}
         return checkpoint.save_checkpoint(
             output_dir or self.config.output_dir, iteration=self.iteration_count, models=models,
             optimizers=optimizers, rng=checkpoint.capture_rng_state(), extra=extra, tokenizer=self.tokenizer,
-            config=self.config, keep=self.config.trainer.keep_checkpoints, name=name,
+            config=self.config, keep=self.config.trainer.keep_checkpoints, name=name, update_latest=update_latest,
         )
+
+    def save_best(self, metrics: dict[str, Any], step: int = 0) -> Path | None:
+        """Save ``checkpoints/best`` when ``eval/success`` in ``metrics`` beats every earlier evaluation (the
+        official ``_save_best_checkpoint``); a callback of ``hiper train``. Never moves ``latest``."""
+        value = metrics.get("eval/success")
+        if value is None or value <= self.best_eval:
+            return None
+        self.best_eval = float(value)
+        return self.save_checkpoint(name=checkpoint.BEST, update_latest=False)
 
     def load_checkpoint(self, path: str | Path, verify: bool = True) -> None:
         """Resume from a checkpoint folder (or a run folder: its latest checkpoint) written by :meth:`save_checkpoint`;
@@ -308,6 +320,7 @@ class Trainer:
         self.iteration_count = int(info["iteration"])
         self.sft_done = bool(extra.get("sft_done", False))
         self.history = list(extra.get("history", []))
+        self.best_eval = float(extra.get("best_eval", float("-inf")))
         self._sync_engine()
 
     def _check_updates(self, metrics: dict[str, Any]) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from hiper.envs.base import ExpertStep, TaskSpec
+from hiper.envs.base import ExpertStep, TaskSpec, step_limit_flags
 from hiper.envs.household.config import HouseholdConfig, resolve_config
 from hiper.envs.household.expert import expert_step
 from hiper.envs.household.world import NOTHING_HAPPENS, World, generate
@@ -44,8 +44,10 @@ class HouseholdEnv:
 
     Args:
         max_steps: episode horizon; ``None`` uses the preset's (``default``: 50, ``tiny``: 20,
-            ``hard``: 60, ``chain``: 60). The step that reaches it returns ``done=True`` with
-            ``info["truncated"] = True`` and ``truncation_reason = "max_steps"`` unless it won.
+            ``hard``: 60, ``chain``: 60). The step that reaches it returns ``done=True`` (a failure unless won).
+        step_limit: ``"terminal"`` (default, as ALFWorld/TextWorld: the failed last step is terminal) or
+            ``"truncated"`` (``info["truncated"] = True``, ``truncation_reason = "max_steps"``: a time limit the
+            estimators may bootstrap across); see :data:`hiper.envs.base.STEP_LIMITS`.
         reward_scale: reward on the winning step (``reward_scale * won``), 0 otherwise.
         difficulty: preset name (``"tiny" | "default" | "hard" | "chain"``), a
             :class:`HouseholdConfig`, or a dict ``{"preset": ..., <field>: value}``.
@@ -64,8 +66,11 @@ class HouseholdEnv:
         max_steps: int | None = None,
         reward_scale: float = 10.0,
         difficulty: str | HouseholdConfig | dict[str, Any] | None = "default",
+        step_limit: str = "terminal",
         **overrides: Any,
     ) -> None:
+        step_limit_flags(step_limit, False)  # validates the value
+        self.step_limit = step_limit
         self.config = resolve_config(difficulty, **overrides)
         self.max_steps = self.config.max_steps if max_steps is None else int(max_steps)
         if self.max_steps < 1:
@@ -160,12 +165,12 @@ class HouseholdEnv:
         self._step += 1
         won = op is not None and w.won()
         self._won = won
-        truncated = not won and self._step >= self.max_steps
-        self._done = won or truncated
+        limit = not won and self._step >= self.max_steps
+        self._done = won or limit
         reward = self.reward_scale if won else 0.0
-        return obs, reward, self._done, self._info(truncated)
+        return obs, reward, self._done, self._info(*step_limit_flags(self.step_limit, limit))
 
-    def _info(self, truncated: bool = False) -> dict[str, Any]:
+    def _info(self, truncated: bool = False, reason: str | None = None) -> dict[str, Any]:
         w = self.world
         assert w is not None
         return {
@@ -175,7 +180,7 @@ class HouseholdEnv:
             "won": self._won,
             "score": 1.0 if self._won else 0.0,
             "truncated": truncated,
-            "truncation_reason": "max_steps" if truncated else None,
+            "truncation_reason": reason,
             "step": self._step,
         }
 
