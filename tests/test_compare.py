@@ -1,0 +1,61 @@
+"""``hiper compare``: a small grid end to end (parallel arms, the table, the curves), resumption and a failed arm."""
+
+from __future__ import annotations
+
+import json
+
+from hiper import cli
+from hiper.compare import Arm, arm_overrides, group_rows, summarize_arm
+
+TINY = ["env.n_envs=4", "env.eval_episodes=4", "env.max_steps=4", "sft.episodes=4", "sft.epochs=1",
+        "trainer.total_iterations=1", "trainer.eval_every=1", "rollout.max_new_tokens=12"]
+
+
+def test_grid_runs_resumes_and_reports(tmp_path, capsys) -> None:
+    out = tmp_path / "cmp"
+    argv = ["compare", "-o", str(out), "--estimators", "hae,grpo", "--seeds", "0,1", "--jobs", "2",
+            "--group-size", "2", *TINY]
+    assert cli.main(argv) == 0
+    result = json.loads((out / "results.json").read_text())
+    assert [a["status"] for a in result["arms"]] == ["ok"] * 4
+    assert {(g["estimator"], g["n_ok"]) for g in result["groups"]} == {("hae", 2), ("grpo", 2)}
+    for a in result["arms"]:
+        assert [step for step, _ in a["curve"]] == [0, 1] and 0.0 <= a["summary"]["final_success"] <= 1.0
+        lo, hi = a["summary"]["final_ci95"]
+        assert lo <= a["summary"]["final_success"] <= hi
+    assert (out / "curves.png").is_file() and "| hae | compact | 2/2 |" in (out / "results.md").read_text()
+    arm_cfg = (out / "grpo-compact-s0" / "config.yaml").read_text()
+    assert "adv_estimator: grpo" in arm_cfg and "group_size: 2" in arm_cfg
+    capsys.readouterr()
+    assert cli.main(argv) == 0  # everything finished: skipped, same table
+    assert capsys.readouterr().out.count(": skipped") == 4
+
+
+def test_a_failed_arm_is_reported_not_dropped(tmp_path) -> None:
+    out = tmp_path / "cmp"
+    # GiGPO on 1-task groups cannot run (group_size 1 is refused): the arm fails, the grid still reports it
+    argv = ["compare", "-o", str(out), "--estimators", "hae,gigpo", "--seeds", "0", "--jobs", "2",
+            "--group-size", "1", *TINY]
+    assert cli.main(argv) == 1
+    result = json.loads((out / "results.json").read_text())
+    status = {a["estimator"]: a["status"] for a in result["arms"]}
+    assert status == {"hae": "ok", "gigpo": "failed"}
+    gigpo = next(a for a in result["arms"] if a["estimator"] == "gigpo")
+    assert "group_size" in gigpo["error"]
+    assert next(g for g in result["groups"] if g["estimator"] == "gigpo")["failed"] == ["gigpo-compact-s0"]
+
+
+def test_arm_overrides_ask_the_registry() -> None:
+    assert "critic.enabled=false" in arm_overrides("grpo", "default", 0, 8)
+    assert "env.group_size=8" in arm_overrides("gigpo", "default", 0, 8)
+    assert not any(o.startswith(("critic", "env.group")) for o in arm_overrides("hae", "compact", 1, 8))
+
+
+def test_summaries() -> None:
+    arms = [Arm("hae", "p", s, "x", status="ok", curve=[(0, 0.2), (10, 0.4 + 0.1 * s), (20, 0.6)],
+                eval_episodes=100) for s in range(3)]
+    s = summarize_arm(arms[0], threshold=0.5)
+    assert s["final_success"] == 0.6 and s["iterations_to_threshold"] == 20 and abs(s["auc"] - 0.4) < 1e-9
+    (row,) = group_rows(arms, threshold=0.5)
+    assert row["n_ok"] == 3 and row["final_mean"] == 0.6 and row["reached_threshold"] == "3/3"
+    assert abs(row["iterations_to_threshold_mean"] - (20 + 10 + 10) / 3) < 1e-9
