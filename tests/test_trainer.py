@@ -259,3 +259,53 @@ def test_a_nan_reward_quarantines_its_trajectory(tokenizer, monkeypatch) -> None
     metrics = trainer.iteration()
     assert metrics["train/quarantined"] == 1.0
     assert trainer.last.batch.n_traj == 3 and torch.isfinite(trainer.last.batch.rewards).all()
+
+
+def test_env_faults_stay_out_of_the_loss_and_stop_a_broken_env(tokenizer, monkeypatch) -> None:
+    """An exception in an env's step ends that episode as an env fault: the faulted turn is not trained on and is
+    counted apart from step limits; an env failing on every episode stops the run instead of training on garbage."""
+    from hiper.envs.household import HouseholdEnv
+    from hiper.losses import UpdatesDiverged
+
+    real_step = HouseholdEnv.step
+    calls = {"n": 0}
+
+    def flaky(self, action):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise OSError("disk on fire")
+        return real_step(self, action)
+
+    monkeypatch.setattr(HouseholdEnv, "step", flaky)
+    trainer = Trainer(tiny_config("hae"), tokenizer=tokenizer)
+    metrics = trainer.iteration()
+    assert metrics["train/env_faults"] == 1.0
+    trajs = trainer.last.trajectories
+    assert sum(t.length for t in trajs) == len(trainer.last.batch)  # the faulted turn is not in the batch
+    assert not any((t.turns[-1].truncation_reason or "").startswith("env error") and t.turns[-1].reward
+                   for t in trajs)
+
+    monkeypatch.setattr(HouseholdEnv, "step", lambda self, action: (_ for _ in ()).throw(OSError("broken")))
+    broken = Trainer(tiny_config("hae", env={"max_consecutive_faults": 6}), tokenizer=tokenizer)
+    with pytest.raises(UpdatesDiverged, match="cut by an env fault at its first turn.*env error: OSError: broken"):
+        for _ in range(3):
+            broken.iteration()
+
+
+def test_consecutive_env_faults_stop_the_run(tokenizer, monkeypatch) -> None:
+    from hiper.envs.household import HouseholdEnv
+    from hiper.losses import UpdatesDiverged
+
+    real_step = HouseholdEnv.step
+
+    def second_step_fails(self, action):
+        if self._step == 1:
+            raise OSError("worker disk full")
+        return real_step(self, action)
+
+    monkeypatch.setattr(HouseholdEnv, "step", second_step_fails)
+    trainer = Trainer(tiny_config("hae", env={"max_consecutive_faults": 6}), tokenizer=tokenizer)
+    metrics = trainer.iteration()  # 4 faulted episodes, each keeps its first turn: trained on, counted
+    assert metrics["train/env_faults"] == 4.0 and len(trainer.last.batch) == 4
+    with pytest.raises(UpdatesDiverged, match="6 episodes in a row were cut by env faults"):
+        trainer.iteration()

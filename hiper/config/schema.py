@@ -57,6 +57,8 @@ class EnvConfig:
                           "spec §2.3")
     switch_hint: bool = setting(True, "the default prompt adds 'answer SWITCH' before the first subgoal (hiper's "
                                 "addition; off in the paper presets)", "spec §2.3: the official prompt has no hint")
+    max_consecutive_faults: int = setting(16, "stop the run after this many episodes in a row cut by env faults "
+                                          "(crashed or hung workers, exceptions in step)")
     plugins: list[str] = setting(help="modules imported first: they register your own envs and prompt families "
                                  "(docs/own_env.md)", factory=list)
 

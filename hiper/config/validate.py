@@ -108,6 +108,7 @@ def _check_env(cfg: HiperConfig) -> None:
         _check(val >= low, f"{key}={val} must be >= {low}")
 
     _choice(env.prompt, "env.prompt", tuple(RENDERERS))
+    _check(env.max_consecutive_faults >= 1, f"env.max_consecutive_faults={env.max_consecutive_faults} must be >= 1")
 
 
 def _check_model(cfg: HiperConfig) -> None:

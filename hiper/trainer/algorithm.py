@@ -59,6 +59,7 @@ class Learner:
     engine: GenerationEngine
     device: torch.device
     switch_continuations: tuple[Tensor, Tensor] | None = None  # paper switch mode: SWITCH / KEEP token ids
+    faults: guards.FaultCounter | None = None  # consecutive env faults of the run
 
 
 @dataclass(frozen=True)
@@ -107,6 +108,9 @@ def iteration(cfg: HiperConfig, learner: Learner, manager: EnvManager, tasks: Se
     trajs, loop = rollout(cfg, learner, manager, tasks, cfg.env.group_size, cfg.rollout.temperature,
                           seed=derive_seed(cfg.seed, ROLLOUT_STREAM, k))
     times["generate"], times["env"] = loop.policy_s, loop.env_s + loop.reset_s
+    if learner.faults is not None:
+        learner.faults.update(trajs)  # K env faults in a row stop the run
+    trajs, n_faults = guards.drop_fault_turns(trajs, cfg.env.name)  # a turn cut by a crashed worker is not trained on
     trajs, n_quarantined = guards.quarantine(trajs, cfg.env.name)  # a NaN / inf reward never reaches the estimator
 
     # ALGO 2. turn batch: one row per (trajectory, turn); role masks and read positions from the one parser
@@ -143,6 +147,10 @@ def iteration(cfg: HiperConfig, learner: Learner, manager: EnvManager, tasks: Se
 
     m.update(metrics.rollout_metrics(trajs, batch, prefix="train/"))
     m["train/quarantined"] = float(n_quarantined)
+    m["train/env_faults"] = float(n_faults)  # episodes cut by a crashed / hung worker (not step limits)
+    restarts = getattr(getattr(manager, "envs", None), "restarts", None)  # an EnvPool's worker restarts so far
+    if restarts is not None:
+        m["env/worker_restarts"] = float(restarts)
     m.update(metrics.timing_metrics(times, loop.generated_tokens, float(batch.n_tokens().sum()),
                                     cfg.actor.ppo_epochs, len(batch)))
     return IterationResult(trajectories=trajs, batch=batch, scores=scores, targets=targets, metrics=m)

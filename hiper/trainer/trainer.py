@@ -33,7 +33,7 @@ from hiper.rollout.engine import GenerationEngine, derive_seed
 from hiper.rollout.hf import HFEngine
 from hiper.rollout.manager import EnvManager
 from hiper.rollout.vllm_engine import VLLMEngine  # imports vllm only when an engine is built
-from hiper.trainer import algorithm, checkpoint, forward, metrics, sft
+from hiper.trainer import algorithm, checkpoint, forward, guards, metrics, sft
 from hiper.trainer.algorithm import EVAL_STREAM, IterationResult, Learner
 
 #: seed streams of the shell: training-task order per epoch, SFT tasks, SFT example subset, SFT shuffling
@@ -92,6 +92,7 @@ class Trainer:
         self.sft_done = False
         self.iteration_count = 0
         self._bad_iterations = 0
+        self._faults = guards.FaultCounter(cfg.env.name, cfg.env.max_consecutive_faults)
         self.best_eval = float("-inf")
         self.history: list[dict[str, Any]] = []
         self.last: IterationResult | None = None
@@ -142,7 +143,7 @@ class Trainer:
         cont = forward.switch_continuation_ids(self.tokenizer, self.pad_id) if self.paper_mode else None
         return Learner(policy=self.policy, actor_opt=self.actor_opt, critic=self.critic, critic_opt=self.critic_opt,
                        reference=self.reference, tokenizer=self.tokenizer, table=self.table, engine=self.engine,
-                       device=self.device, switch_continuations=cont)
+                       device=self.device, switch_continuations=cont, faults=self._faults)
 
     def manager(self, purpose: str = "train") -> EnvManager:
         """The env manager for ``train`` or ``eval`` rollouts (one each, built on first use)."""
