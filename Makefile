@@ -11,7 +11,7 @@ EXTRAS ?= test,webshop,alfworld,logging
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml Makefile | cksum | cut -d' ' -f1)
 
-.PHONY: install demo test lint bench clean smollm2 venv-verl test-verl
+.PHONY: install demo test test-browser lint bench clean smollm2 venv-verl test-verl
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -31,6 +31,12 @@ test: install
 	$(BIN)/lint-imports --no-cache
 	$(BIN)/mypy
 	$(BIN)/python -m pytest -q -p no:cacheprovider
+
+# The viewer rendered by a real headless Chromium (Debian's package; Playwright's own download is not reachable).
+# make test runs the same test and skips it without Chromium; this target installs Chromium and requires it.
+test-browser: install
+	command -v chromium >/dev/null 2>&1 || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium)
+	HIPER_REQUIRE_BROWSER=1 $(BIN)/python -m pytest -q -p no:cacheprovider tests/test_view.py
 
 bench: install
 	$(BIN)/hiper bench advantage

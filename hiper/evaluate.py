@@ -30,6 +30,7 @@ from hiper.rollout.manager import EnvManager
 from hiper.rollout.policies import EnginePolicy, ExpertPolicy, RandomPolicy
 from hiper.rollout.records import Trajectory, TurnRecord, episode_stats
 from hiper.trainer.checkpoint import CheckpointCorrupt, verify_policy
+from hiper.trainer.samples import append_jsonl, eval_records
 
 #: default evaluation split per env (ALFWorld's verl-agent evaluation uses valid_seen, spec §2.7).
 DEFAULT_SPLIT = {"household": "valid_seen", "alfworld": "valid_seen", "webshop": "test"}
@@ -251,7 +252,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="env constructor kwarg (repeatable)",
     )
     parser.add_argument(
-        "--out", default=None, help="write the results (summary + per-episode rows) as JSON here"
+        "--out", default=None, help="write the results (summary + per-episode rows) as JSON here, and the episodes "
+        "(texts, parse, segments) beside it as <name>.trajectories.jsonl for hiper view"
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -325,6 +327,8 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
     finally:
         manager.close()
     stats = summarize(trajectories, seed=args.seed)
+    if args.out:  # the episodes themselves, for hiper view
+        append_jsonl(trajectories_path(args.out), eval_records(trajectories, args.env))
     return {
         "env": args.env,
         "split": split,
@@ -426,6 +430,12 @@ def print_report(results: dict[str, Any]) -> None:
     )
 
 
+def trajectories_path(out: str | Path) -> Path:
+    """Where ``--out results.json`` puts its episodes: ``results.trajectories.jsonl`` beside it."""
+    out = Path(out)
+    return out.with_name(out.stem + ".trajectories.jsonl")
+
+
 def main(args: argparse.Namespace) -> int:
     if args.n is not None and args.n < 1:
         print(f"hiper eval: error: --n {args.n}: give at least 1 task (or leave --n out for the whole split)",
@@ -443,7 +453,7 @@ def main(args: argparse.Namespace) -> int:
         out = Path(args.out)
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(results, indent=1, default=str))
-        print(f"wrote {out}")
+        print(f"wrote {out} and the episodes to {trajectories_path(out)} (hiper view)")
     return 0
 
 

@@ -270,6 +270,7 @@ def _check_trainer(cfg: HiperConfig) -> None:
     """The trainer section."""
     tr = cfg.trainer
     _check(tr.max_bad_updates >= 1, f"trainer.max_bad_updates={tr.max_bad_updates} must be >= 1")
+    _check(tr.sample_trajectories >= 0, f"trainer.sample_trajectories={tr.sample_trajectories} must be >= 0")
     for key, val in (
         ("trainer.total_iterations", tr.total_iterations),
         ("trainer.eval_every", tr.eval_every),

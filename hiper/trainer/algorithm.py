@@ -66,13 +66,14 @@ class Learner:
 class Targets:
     """Per-row results of the advantage stage: ``advantages``/``loss_mask`` ``[N, L]`` (token level),
     ``returns``/``value_mask`` ``{head: [N]}`` (critic targets), ``turn_advantages`` ``{role: [N]}`` (raw, before
-    whitening; HAE only)."""
+    whitening; HAE only), ``shaping`` ``{"total" | term: [N]}`` (the shaped reward and each shaping term)."""
 
     advantages: Tensor
     loss_mask: Tensor
     returns: dict[str, Tensor]
     value_mask: dict[str, Tensor]
     turn_advantages: dict[str, Tensor]
+    shaping: dict[str, Tensor]
 
 
 @dataclass
@@ -218,6 +219,8 @@ def advantages(cfg: HiperConfig, batch: TurnBatch, scores: Scores) -> tuple[Targ
         value_mask={h: to_rows(batch, m).bool() for h, m in out.value_mask.items()},
         turn_advantages={role: to_rows(batch, out.extras[key]).float() for role, key in raw.items()
                          if key in out.extras},
+        shaping={"total": to_rows(batch, out.shaped_rewards.total).float(),
+                 **{k: to_rows(batch, v).float() for k, v in out.shaped_rewards.terms.items()}},
     )  # fmt: skip
     m = metrics.advantage_metrics(batch, out, per_row, targets.returns, targets.value_mask, scores.values)
     if paper_mode(cfg):

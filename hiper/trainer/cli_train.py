@@ -21,9 +21,11 @@ A bad config prints one line (``hiper train: error: ...`` naming the key and the
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import shutil
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -39,11 +41,13 @@ from hiper.losses import UpdatesDiverged
 from hiper.trainer import checkpoint, demo
 from hiper.trainer.checkpoint import latest_checkpoint
 from hiper.trainer.logging import MetricLogger, plot_learning_curve, truncate_metrics
+from hiper.trainer.samples import append_jsonl
 from hiper.trainer.trainer import Trainer
 
 EXIT_CONFIG_ERROR = 2
 EXIT_INTERRUPTED = 130
 EXIT_DIVERGED = 1
+TRAJECTORIES = "trajectories.jsonl"
 
 
 def add_common_arguments(parser: argparse.ArgumentParser, resume: bool = True) -> None:
@@ -145,6 +149,7 @@ def prepare_run_dir(cfg: HiperConfig, overwrite: bool) -> Path:
     if cfg.trainer.resume is not None:
         step = checkpoint.load_checkpoint(cfg.trainer.resume)["iteration"]  # verifies the manifest
         truncate_metrics(out / "metrics.jsonl", int(step))
+        truncate_metrics(out / TRAJECTORIES, int(step), key="iteration")
         return out
     if out.exists() and any(out.iterdir()):
         if not overwrite:
@@ -174,13 +179,18 @@ def make_logger(cfg: HiperConfig) -> Any:
 def run_training(cfg: HiperConfig, logger: Any) -> Trainer:
     """``Trainer(cfg, logger=...)``, resumed from ``trainer.resume`` when set, trained, and its final checkpoint
     saved (whatever ``trainer.save_every`` says, so ``hiper eval --policy RUN`` and ``--resume RUN`` work)."""
-    trainer = Trainer(cfg, logger=logger, callbacks=[])
+    trainer = Trainer(cfg, logger=logger, callbacks=[], samples=sample_sink(cfg))
     trainer.callbacks.append(trainer.save_best)  # checkpoints/best follows eval/success
     if cfg.trainer.resume is not None:
         trainer.load_checkpoint(cfg.trainer.resume, verify=False)  # prepare_run_dir verified it
     trainer.train()
     save_final(trainer)
     return trainer
+
+
+def sample_sink(cfg: HiperConfig) -> Callable[[list[dict[str, Any]]], int]:
+    """Where ``hiper train`` puts the per-iteration trajectory samples: ``<output_dir>/trajectories.jsonl``."""
+    return functools.partial(append_jsonl, Path(cfg.output_dir) / TRAJECTORIES)
 
 
 def save_final(trainer: Trainer) -> None:
@@ -199,7 +209,7 @@ def is_demo_run(args: argparse.Namespace, cfg: HiperConfig) -> bool:
 def run_demo(cfg: HiperConfig, logger: Any) -> Any:
     """The CPU demo through :func:`hiper.trainer.demo.run_demo`: prints the before/after table, writes
     ``learning_curve.png``, ``demo_result.json`` and the final checkpoint to ``cfg.output_dir``."""
-    return demo.run_demo(cfg, logger=logger, on_done=save_final)
+    return demo.run_demo(cfg, logger=logger, on_done=save_final, samples=sample_sink(cfg))
 
 
 def plot_curve(cfg: HiperConfig) -> Path | None:

@@ -84,7 +84,8 @@ def format_table(before: Mapping[str, Any], after: Mapping[str, Any], after_labe
 
 
 def run_demo(config: HiperConfig, output_dir: str | None = None, quiet: bool = False, plot: bool = True,
-             logger: Any = None, on_done: Callable[[Trainer], None] | None = None) -> dict[str, Any]:
+             logger: Any = None, on_done: Callable[[Trainer], None] | None = None,
+             samples: Callable[[list[dict[str, Any]]], Any] | None = None) -> dict[str, Any]:
     """Run the whole demo; returns ``{"before", "after", "history", "wall_s", "table", "png", "seed"}``.
 
     ``output_dir`` overrides ``config.output_dir``. Writes ``demo_result.json`` and ``learning_curve.png`` there.
@@ -93,7 +94,7 @@ def run_demo(config: HiperConfig, output_dir: str | None = None, quiet: bool = F
     t0 = time.perf_counter()
     out_dir = output_dir or config.output_dir
     os.makedirs(out_dir, exist_ok=True)
-    trainer = Trainer(config, logger=logger or _ConsoleLogger(quiet))
+    trainer = Trainer(config, logger=logger or _ConsoleLogger(quiet), samples=samples)
     if on_done is not None:  # hiper train: keep checkpoints/best as held-out success improves
         trainer.callbacks.append(trainer.save_best)
     if not quiet:

@@ -54,14 +54,15 @@ def _to_float(value: Any) -> float:
     return float(value)
 
 
-def truncate_metrics(path: str | os.PathLike[str], max_step: int) -> int:
-    """Drop the rows of a ``metrics.jsonl`` logged after step ``max_step`` (a resume from the checkpoint of that
-    step recomputes them, so keeping them would repeat a step); returns how many rows were dropped."""
+def truncate_metrics(path: str | os.PathLike[str], max_step: int, key: str = "step") -> int:
+    """Drop the rows of a JSONL log (``metrics.jsonl``; ``trajectories.jsonl`` with ``key="iteration"``) logged after
+    step ``max_step`` (a resume from the checkpoint of that step recomputes them, so keeping them would repeat a
+    step); returns how many rows were dropped."""
     path = Path(path)
     if not path.is_file():
         return 0
     lines = path.read_text(encoding="utf-8").splitlines()
-    keep = [ln for ln in lines if ln.strip() and int(json.loads(ln).get("step", 0)) <= max_step]
+    keep = [ln for ln in lines if ln.strip() and int(json.loads(ln).get(key, 0)) <= max_step]
     dropped = len([ln for ln in lines if ln.strip()]) - len(keep)
     if dropped:
         tmp = path.with_name(path.name + ".tmp")

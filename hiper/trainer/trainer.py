@@ -35,9 +35,10 @@ from hiper.rollout.manager import EnvManager
 from hiper.rollout.vllm_engine import VLLMEngine  # imports vllm only when an engine is built
 from hiper.trainer import algorithm, checkpoint, forward, guards, metrics, sft
 from hiper.trainer.algorithm import EVAL_STREAM, IterationResult, Learner
+from hiper.trainer.samples import iteration_records
 
 #: seed streams of the shell: training-task order per epoch, SFT tasks, SFT example subset, SFT shuffling
-TASK_STREAM, SFT_TASK_STREAM, SFT_SUBSET_STREAM, SFT_SHUFFLE_STREAM = 7, 11, 12, 13
+TASK_STREAM, SFT_TASK_STREAM, SFT_SUBSET_STREAM, SFT_SHUFFLE_STREAM, SAMPLE_STREAM = 7, 11, 12, 13, 5
 
 Logger = Any  # anything with ``log(metrics: dict, step: int)``
 
@@ -63,12 +64,16 @@ class Trainer:
         logger: optional object with ``log(metrics: dict, step: int)``.
         tokenizer: optional pre-built tokenizer (otherwise from ``model.tokenizer`` / ``model.path``).
         callbacks: optional callables ``f(metrics, step)`` called after every iteration / eval.
+        samples: optional sink for ``trainer.sample_trajectories`` episode records per iteration (with their credit,
+            :mod:`hiper.trainer.samples`); ``hiper train`` appends them to ``trajectories.jsonl`` for ``hiper view``.
     """
 
     def __init__(self, config: HiperConfig | Mapping[str, Any], logger: Logger = None, tokenizer: Any = None,
-                 callbacks: Sequence[Callable[[dict[str, Any], int], None]] = ()) -> None:
+                 callbacks: Sequence[Callable[[dict[str, Any], int], None]] = (),
+                 samples: Callable[[list[dict[str, Any]]], Any] | None = None) -> None:
         self.config = cfg = as_config(config)
         self.logger = logger
+        self.samples = samples
         self.callbacks = list(callbacks)
         self.seed = cfg.seed
         self.device = torch.device(cfg.trainer.device)
@@ -200,6 +205,10 @@ class Trainer:
         k = self.iteration_count
         self.last = algorithm.iteration(self.config, learner, self.manager("train"), self.tasks_for_iteration(k), k)
         self.iteration_count += 1
+        if self.samples is not None and self.config.trainer.sample_trajectories > 0:
+            self.samples(iteration_records(self.last, self.tokenizer, n=self.config.trainer.sample_trajectories,
+                                           iteration=self.iteration_count, env=self.env_name,
+                                           seed=derive_seed(self.seed, SAMPLE_STREAM, k)))
         out = {**self.last.metrics, "iteration": self.iteration_count}
         self._check_updates(out)
         self._emit(out, self.iteration_count)
