@@ -191,6 +191,7 @@ class TrainerSection:
     resume: str | None = setting(None, "null (fresh run), auto (latest checkpoint in output_dir) or a checkpoint dir")
     device: str = setting("cpu", "torch device of the models: cpu, cuda, cuda:N")
     num_threads: int | None = setting(None, "torch CPU threads (null = torch's default)")
+    progress: bool = setting(True, "rich progress bars for SFT steps and RL iterations (only on a terminal)")
     sample_trajectories: int = setting(4, "episodes per iteration hiper train writes to trajectories.jsonl with their "
                                        "credit, for hiper view (0 = none)")
     max_bad_updates: int = setting(3, "stop the run after this many consecutive rolled-back optimizer steps "

@@ -15,8 +15,9 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
@@ -335,6 +336,29 @@ def plot_learning_curve(
     return out
 
 
+@contextmanager
+def progress_bar(description: str, total: int, disable: bool = False) -> Iterator[Callable[[int], None]]:
+    """A rich progress bar (elapsed / remaining time) for work that advances in steps; yields ``advance(k)``.
+    Disabled (a no-op) when ``disable`` or when stdout is not a terminal (logs, CI, tests)."""
+    if disable or not sys.stdout.isatty():
+        yield lambda k=1: None
+        return
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+               TimeRemainingColumn())
+    with Progress(*columns, transient=True) as progress:
+        task = progress.add_task(description, total=total)
+        yield lambda k=1: progress.advance(task, k)
+
+
 def track(
     iterable: Iterable[T], description: str = "working", total: int | None = None, disable: bool = False
 ) -> Iterator[T]:
@@ -366,6 +390,7 @@ __all__ = [
     "BACKENDS",
     "MetricLogger",
     "StageTimer",
+    "progress_bar",
     "advantage_stats",
     "explained_variance",
     "masked_stats",

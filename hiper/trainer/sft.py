@@ -9,7 +9,7 @@ the response tokens only (the prompt is context).
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -133,6 +133,7 @@ def sft_train(
     prompt_loss_weight: float = 0.0,
     max_steps: int | None = None,
     max_bad_steps: int | None = None,
+    on_step: Callable[[int], None] | None = None,
 ) -> dict[str, Any]:
     """Behaviour cloning: AdamW on the token-mean response NLL, ``epochs`` shuffled passes (at most ``max_steps``
     optimizer steps when given).
@@ -182,5 +183,7 @@ def sft_train(
                 raise UpdatesDiverged(f"SFT: {bad_run} consecutive steps rolled back (non-finite loss, gradients or "
                                       f"weights at lr={lr:g}): lower sft.lr")
             losses.append(total if finite else math.nan)
+            if on_step is not None:
+                on_step(1)
     model.eval()
     return {"losses": losses, "steps": len(losses), "skipped": skipped}

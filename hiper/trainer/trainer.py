@@ -35,6 +35,7 @@ from hiper.rollout.manager import EnvManager
 from hiper.rollout.vllm_engine import VLLMEngine  # imports vllm only when an engine is built
 from hiper.trainer import algorithm, checkpoint, forward, guards, metrics, sft
 from hiper.trainer.algorithm import EVAL_STREAM, IterationResult, Learner
+from hiper.trainer.logging import progress_bar
 from hiper.trainer.samples import iteration_records
 
 #: seed streams of the shell: training-task order per epoch, SFT tasks, SFT example subset, SFT shuffling
@@ -239,10 +240,12 @@ class Trainer:
             gen = torch.Generator().manual_seed(derive_seed(self.seed, SFT_SUBSET_STREAM))
             examples = [examples[int(i)] for i in torch.randperm(len(examples), generator=gen)[: s.max_examples]]
         before = sft.mean_nll(self.policy, examples, self.pad_id)
-        res = sft.sft_train(self.policy, examples, self.pad_id, epochs=s.epochs, lr=s.lr, batch_size=s.batch_size,
-                            seed=derive_seed(self.seed, SFT_SHUFFLE_STREAM), micro_batch_size=s.micro_batch_size,
-                            prompt_loss_weight=s.prompt_loss_weight, max_steps=s.max_steps,
-                            max_bad_steps=self.config.trainer.max_bad_updates)
+        n_steps = s.epochs * -(-len(examples) // s.batch_size)
+        with progress_bar("SFT steps", min(n_steps, s.max_steps or n_steps), not self.config.trainer.progress) as bar:
+            res = sft.sft_train(self.policy, examples, self.pad_id, epochs=s.epochs, lr=s.lr, batch_size=s.batch_size,
+                                seed=derive_seed(self.seed, SFT_SHUFFLE_STREAM), micro_batch_size=s.micro_batch_size,
+                                prompt_loss_weight=s.prompt_loss_weight, max_steps=s.max_steps,
+                                max_bad_steps=self.config.trainer.max_bad_updates, on_step=bar)
         after = sft.mean_nll(self.policy, examples, self.pad_id)
         self.sft_done = True
         self._sync_engine()
@@ -265,16 +268,19 @@ class Trainer:
             ev = self.evaluate()
             self._emit(ev, 0)
             self.history.append({"iteration": 0, **ev})
-        while self.iteration_count < tr.total_iterations:
-            m = self.iteration()
-            if tr.eval_every and (self.iteration_count % tr.eval_every == 0
-                                  or self.iteration_count == tr.total_iterations):
-                ev = self.evaluate()
-                self._emit(ev, self.iteration_count)
-                m.update(ev)
-            self.history.append(m)
-            if tr.save_every and self.iteration_count % tr.save_every == 0:
-                self.save_checkpoint()
+        with progress_bar("RL iterations", tr.total_iterations, not tr.progress) as bar:
+            bar(self.iteration_count)
+            while self.iteration_count < tr.total_iterations:
+                m = self.iteration()
+                if tr.eval_every and (self.iteration_count % tr.eval_every == 0
+                                      or self.iteration_count == tr.total_iterations):
+                    ev = self.evaluate()
+                    self._emit(ev, self.iteration_count)
+                    m.update(ev)
+                self.history.append(m)
+                if tr.save_every and self.iteration_count % tr.save_every == 0:
+                    self.save_checkpoint()
+                bar(1)
         return self.history
 
     # ------------------------------------------------------------------------------------------ persistence
