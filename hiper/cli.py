@@ -22,6 +22,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     ),
     "play": ("hiper.play", "type the model's part yourself, turn by turn"),
     "bench": ("hiper.bench", "benchmarks (advantage, env, rollout, iteration)"),
+    "diagnose": ("hiper.diagnose", "diagnostics on one frozen policy: diagnose variance (advantage and gradient noise)"),
     "view": ("hiper.view", "trajectories and their credit as one self-contained HTML page"),
     "compare": ("hiper.compare", "a grid of arms (estimator x prompt x seed) on one budget, one results table"),
 }
