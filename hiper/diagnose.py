@@ -182,11 +182,15 @@ def markdown(result: dict[str, Any]) -> str:
                      f"{r['token_adv_var_ci95'][1]:.4g}] | {r['grad_var']:.4g} [{r['grad_var_ci95'][0]:.4g}, "
                      f"{r['grad_var_ci95'][1]:.4g}] | {r['grad_signal']:.4g} | {r['noise_to_signal']:.3g} | "
                      f"{r['critic_explained_var']:.3f} |")
+    silent = [r["estimator"] for r in result["estimators"] if r["grad_signal"] == 0 and r["grad_var"] == 0]
+    if silent:  # e.g. group baselines when every group's episodes tie: not low variance, no signal at all
+        lines.append(f"\nno gradient at all from {', '.join(silent)}: every advantage was zero on these batches")
     return "\n".join(lines) + "\n"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("what", choices=["variance"], help="the diagnostic")
+    sub = parser.add_subparsers(dest="what", required=True, metavar="DIAGNOSTIC")
+    parser = sub.add_parser("variance", help="advantage and policy-gradient variance per estimator")
     parser.add_argument("--config", "-c", default=None, help="preset or YAML (default cpu_demo)")
     parser.add_argument("--policy", default=None, help="a run or checkpoint folder to freeze (default: the config's "
                         "start, after its SFT warm start)")
