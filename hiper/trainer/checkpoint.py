@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+from transformers.utils import logging as hf_logging
 
 from hiper.config.loader import parse_yaml, save_resolved
 from hiper.losses import weights_finite
@@ -200,13 +201,20 @@ def _save_model(model: nn.Module, folder: Path) -> None:
     (the exact adapter tensors that resume restores; the base is rebuilt from the run config).
     """
     folder.mkdir(parents=True, exist_ok=True)
-    if hasattr(model, "peft_config") and hasattr(model, "get_base_model"):
-        model.get_base_model().save_pretrained(str(folder), state_dict=merged_state_dict(model))
-        model.save_pretrained(str(folder / LORA_ADAPTER_DIR))
-    elif hasattr(model, "save_pretrained"):
-        model.save_pretrained(str(folder))
-    else:
-        torch.save(model.state_dict(), folder / STATE_DICT_FILE)
+    # transformers draws a "Writing model shards" bar per save; a run saves often (best, final), so it is noise
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        if hasattr(model, "peft_config") and hasattr(model, "get_base_model"):
+            model.get_base_model().save_pretrained(str(folder), state_dict=merged_state_dict(model))
+            model.save_pretrained(str(folder / LORA_ADAPTER_DIR))
+        elif hasattr(model, "save_pretrained"):
+            model.save_pretrained(str(folder))
+        else:
+            torch.save(model.state_dict(), folder / STATE_DICT_FILE)
+    finally:
+        if bars:
+            hf_logging.enable_progress_bar()
 
 
 def _load_adapter(model: nn.Module, folder: Path) -> None:
