@@ -31,8 +31,8 @@ import torch
 from torch import Tensor, nn
 
 from hiper.config.schema import CriticConfig
-from hiper.rollout.hf import cache_keyword
 from hiper.models.policy import backbone_and_head, hidden_states, position_ids_from_mask, resolve_dtype
+from hiper.rollout.hf import cache_keyword
 
 #: channel index of each named head.
 HEAD_CHANNELS = {"low": 0, "high": 1, "term": 2}
