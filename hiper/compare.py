@@ -34,6 +34,7 @@ from hiper.advantage import get as get_estimator
 from hiper.config import ConfigError, list_presets, load_config
 from hiper.evaluate import wilson_interval
 from hiper.protocol.prompts import RENDERERS
+from hiper.trainer.logging import read_metrics
 
 ARM_FILE = "arm.json"
 
@@ -84,8 +85,7 @@ def read_curve(folder: Path) -> list[tuple[int, float]]:
     path = folder / "metrics.jsonl"
     if not path.is_file():
         return []
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    return sorted((int(r["step"]), float(r["eval/success"])) for r in rows if "eval/success" in r)
+    return sorted((int(r["step"]), float(r["eval/success"])) for r in read_metrics(path) if "eval/success" in r)
 
 
 def run_arm(arm: Arm, base: list[str], config: str | None, eval_episodes: int, group_size: int) -> Arm:

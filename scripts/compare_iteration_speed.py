@@ -21,6 +21,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from hiper.trainer.logging import read_metrics
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -35,8 +37,7 @@ def run_side(checkout: Path, out: Path, args: argparse.Namespace) -> list[dict]:
     proc = subprocess.run(cmd, cwd=out.parent, env=env, capture_output=True, text=True)
     if proc.returncode != 0:
         raise SystemExit(f"{checkout}: hiper train failed ({proc.returncode}):\n{proc.stderr[-2000:]}")
-    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line.strip()]
-    iters = [r for r in rows if "time/iteration" in r]
+    iters = [r for r in read_metrics(out / "metrics.jsonl") if "time/iteration" in r]
     return iters[args.warmup :]
 
 

@@ -337,7 +337,7 @@ def plot_learning_curve(
 
 
 @contextmanager
-def progress_bar(description: str, total: int, disable: bool = False) -> Iterator[Callable[[int], None]]:
+def progress_bar(description: str, total: int | None, disable: bool = False) -> Iterator[Callable[[int], None]]:
     """A rich progress bar (elapsed / remaining time) for work that advances in steps; yields ``advance(k)``.
     Disabled (a no-op) when ``disable`` or when stdout is not a terminal (logs, CI, tests)."""
     if disable or not sys.stdout.isatty():
@@ -362,28 +362,13 @@ def progress_bar(description: str, total: int, disable: bool = False) -> Iterato
 def track(
     iterable: Iterable[T], description: str = "working", total: int | None = None, disable: bool = False
 ) -> Iterator[T]:
-    """Iterate with a rich progress bar (elapsed/remaining time); ``disable`` passes items straight through."""
-    if disable:
-        yield from iterable
-        return
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-
+    """Iterate with :func:`progress_bar` (elapsed/remaining time); ``disable`` passes items straight through."""
     if total is None and hasattr(iterable, "__len__"):
         total = len(iterable)  # type: ignore[arg-type]
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-               TimeRemainingColumn())
-    with Progress(*columns, transient=True) as progress:
-        task = progress.add_task(description, total=total)
+    with progress_bar(description, total, disable) as advance:
         for item in iterable:
             yield item
-            progress.advance(task)
+            advance(1)
 
 
 __all__ = [
