@@ -150,8 +150,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             b, scores = algorithm.score(cfg, learner, batch, trajs)
             targets, _ = algorithm.advantages(cfg, b, scores)
             gen = torch.Generator().manual_seed(derive_seed(base.seed, DIAGNOSE_STREAM, 1000 + k))
-            algorithm.update_critic(cfg, learner, b, scores, targets,
-                                    algorithm.minibatches(len(b), cfg.actor.mini_batch_size, 1, gen))
+            algorithm.update_critic(cfg, learner, b, scores, targets, algorithm.critic_minibatches(cfg, len(b), 1, gen))
     per: dict[str, dict[str, list[Any]]] = {e: {"token_var": [], "grads": [], "ev": []} for e in names}
     for k in range(args.fit_batches, args.fit_batches + args.batches):
         trajs, batch = batch_of(k)

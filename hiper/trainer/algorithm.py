@@ -132,8 +132,7 @@ def iteration(cfg: HiperConfig, learner: Learner, manager: EnvManager, tasks: Se
     # They are independent given the targets, so they may run on two threads (bit-identical results).
     t0 = time.perf_counter()
     gen = torch.Generator().manual_seed(derive_seed(cfg.seed, MINIBATCH_STREAM, k))
-    critic_mbs = [] if learner.critic is None else minibatches(len(batch), cfg.critic.mini_batch_size
-                                                               or cfg.actor.mini_batch_size, cfg.actor.ppo_epochs, gen)
+    critic_mbs = [] if learner.critic is None else critic_minibatches(cfg, len(batch), cfg.actor.ppo_epochs, gen)
     actor_mbs = minibatches(len(batch), cfg.actor.mini_batch_size, cfg.actor.ppo_epochs, gen)
     critic_m, actor_m = both(
         (lambda: update_critic(cfg, learner, batch, scores, targets, critic_mbs)) if critic_mbs else dict,
@@ -238,6 +237,11 @@ def minibatches(n: int, size: int, epochs: int, gen: torch.Generator) -> list[li
     return out
 
 
+def critic_minibatches(cfg: HiperConfig, n: int, epochs: int, gen: torch.Generator) -> list[list[Tensor]]:
+    """The critic's mini-batches: ``critic.mini_batch_size`` rows each, or the actor's size when that is unset."""
+    return minibatches(n, cfg.critic.mini_batch_size or cfg.actor.mini_batch_size, epochs, gen)
+
+
 def update_critic(cfg: HiperConfig, learner: Learner, batch: TurnBatch, scores: Scores, targets: Targets,
                   epochs: list[list[Tensor]]) -> dict[str, float]:
     """Clipped value loss per head at its read positions; one pass per PPO epoch over mini-batches (token-free:
@@ -338,5 +342,5 @@ def update_actor(cfg: HiperConfig, learner: Learner, batch: TurnBatch, scores: S
     return out
 
 
-__all__ = ["IterationResult", "Learner", "Targets", "advantages", "iteration", "minibatches", "paper_mode", "rollout",
+__all__ = ["IterationResult", "Learner", "Targets", "advantages", "critic_minibatches", "iteration", "minibatches", "paper_mode", "rollout",
            "score", "update_actor", "update_critic"]
