@@ -15,6 +15,7 @@ BENCHMARKS: dict[str, str] = {
     "webshop": "hiper.bench.webshop_env",  # WebShop env steps/s
     "household": "hiper.bench.household_env",  # embedded world steps/s
     "rollout": "hiper.bench.rollout",  # generation tokens/s: our vLLM engine and loop vs raw vLLM
+    "generate": "hiper.bench.generate",  # generation tokens/s: HFEngine vs plain model.generate
     "iteration": "hiper.bench.iteration",  # a training iteration by phase, tokens/s, peak memory
 }
 

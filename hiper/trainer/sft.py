@@ -24,6 +24,7 @@ from hiper.rollout.loop import run_episodes
 from hiper.rollout.manager import EnvManager
 from hiper.rollout.policies import ExpertPolicy
 from hiper.rollout.records import Trajectory
+from hiper.trainer.optim import adamw
 
 
 @dataclass
@@ -57,8 +58,11 @@ def examples_from_trajectories(
     return out
 
 
-def collate(examples: Sequence[SFTExample], pad_id: int) -> tuple[Tensor, Tensor, int, Tensor, Tensor]:
-    """-> (input ids ``[B, P+L]``, attention mask, ``P``, response ids ``[B, L]``, response mask ``[B, L]``).
+def collate(
+    examples: Sequence[SFTExample], pad_id: int, device: torch.device | None = None
+) -> tuple[Tensor, Tensor, int, Tensor, Tensor]:
+    """-> (input ids ``[B, P+L]``, attention mask, ``P``, response ids ``[B, L]``, response mask ``[B, L]``), on
+    ``device`` (default CPU).
 
     Prompts are left-padded to ``P``, responses right-padded to ``L`` (the trainer's layout).
     """
@@ -75,12 +79,17 @@ def collate(examples: Sequence[SFTExample], pad_id: int) -> tuple[Tensor, Tensor
         pmask[i, p_w - lp :] = 1
         resp[i, :lr] = torch.tensor(e.response_ids)
         rmask[i, :lr] = 1
-    return torch.cat([prompt, resp], 1), torch.cat([pmask, rmask], 1), p_w, resp, rmask.bool()
+    ids, mask = torch.cat([prompt, resp], 1), torch.cat([pmask, rmask], 1)
+    return ids.to(device), mask.to(device), p_w, resp.to(device), rmask.bool().to(device)
+
+
+def _device(model: nn.Module) -> torch.device:
+    return next(model.parameters()).device
 
 
 def nll_sum(model: nn.Module, examples: Sequence[SFTExample], pad_id: int) -> tuple[Tensor, int]:
     """(sum of response-token NLL, number of response tokens) of one batch (differentiable)."""
-    ids, mask, p_w, resp, rmask = collate(examples, pad_id)
+    ids, mask, p_w, resp, rmask = collate(examples, pad_id, _device(model))
     logp, _ = response_logprobs(model, ids, mask, p_w, resp)
     return -masked_sum(logp, rmask), int(rmask.sum())
 
@@ -92,7 +101,7 @@ def full_nll_sums(model: nn.Module, examples: Sequence[SFTExample], pad_id: int)
     prediction). Used when ``prompt_loss_weight > 0``: a model trained from scratch has no language
     prior, and predicting the prompt text teaches it the world's vocabulary and structure.
     """
-    ids, mask, p_w, resp, rmask = collate(examples, pad_id)
+    ids, mask, p_w, resp, rmask = collate(examples, pad_id, _device(model))
     decoder, head = backbone_and_head(model)
     logits = head(hidden_states(decoder, ids, mask)[:, :-1]).float()
     logp = torch.log_softmax(logits, -1).gather(-1, ids[:, 1:].unsqueeze(-1)).squeeze(-1)  # [B, S-1]
@@ -147,7 +156,7 @@ def sft_train(
     if not examples:
         raise ValueError("SFT needs at least one example")
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = optimizer or torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    opt = optimizer or adamw(params, lr=lr, weight_decay=weight_decay)
     gen = torch.Generator().manual_seed(seed)
     micro = micro_batch_size or batch_size
     model.train()
