@@ -87,7 +87,8 @@ class ModelConfig:
                          "num_attention_heads": 4, "num_key_value_heads": 2},
     )
     tokenizer: str | None = setting("builtin", "builtin (code-trained demo BPE; with tiny), a path, or null = path")
-    dtype: str = setting("float32", "parameter dtype (float32 or bfloat16)", "paper bfloat16")
+    dtype: str = setting("float32", "parameter dtype (float32 or bfloat16; bfloat16 trains with float32 master "
+                         "weights in the optimizer, hiper.trainer.optim)", "paper bf16 compute, float32 master weights")
     gradient_checkpointing: bool = setting(False, "trade compute for activation memory")
     lora: LoraConfig = setting(help="LoRA adapters", factory=LoraConfig)
 
@@ -141,6 +142,8 @@ class RolloutConfig:
     max_new_tokens: int = setting(64, "response budget per turn (tokens)", "paper 512")
     eval_temperature: float = setting(0.4, "evaluation sampling temperature (0 = greedy)", "paper 0.4 (spec §4.1)")
     max_prompt_length: int = setting(1024, "prompt budget in tokens; a longer prompt is an error", "paper 2048")
+    batch_size: int = setting(32, "prompts per generation forward batch of the hf engine (bigger is faster on a GPU, "
+                              "changes which rows share a batch and so the sampled tokens)")
 
 
 @dataclass

@@ -222,6 +222,7 @@ def _check_rollout(cfg: HiperConfig) -> None:
     _check(0.0 < rollout.top_p <= 1.0, f"rollout.top_p={rollout.top_p} must be in (0, 1]")
     _nonneg(rollout.eval_temperature, "rollout.eval_temperature")
     _check(rollout.max_new_tokens >= 1, f"rollout.max_new_tokens={rollout.max_new_tokens} must be >= 1")
+    _check(rollout.batch_size >= 1, f"rollout.batch_size={rollout.batch_size} must be >= 1")
     _check(
         rollout.max_prompt_length >= 1, f"rollout.max_prompt_length={rollout.max_prompt_length} must be >= 1"
     )

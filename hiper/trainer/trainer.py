@@ -36,6 +36,7 @@ from hiper.rollout.vllm_engine import VLLMEngine  # imports vllm only when an en
 from hiper.trainer import algorithm, checkpoint, forward, guards, metrics, sft
 from hiper.trainer.algorithm import EVAL_STREAM, IterationResult, Learner
 from hiper.trainer.logging import progress_bar
+from hiper.trainer.optim import adamw
 from hiper.trainer.samples import iteration_records
 
 #: seed streams of the shell: training-task order per epoch, SFT tasks, SFT example subset, SFT shuffling
@@ -51,10 +52,6 @@ def as_config(config: HiperConfig | Mapping[str, Any]) -> HiperConfig:
     if isinstance(config, Mapping):
         return from_dict(dict(config))
     raise TypeError(f"Trainer takes a HiperConfig or a dict of config sections, got {type(config).__name__}")
-
-
-def _adamw(params: list[torch.nn.Parameter], lr: float, weight_decay: float) -> torch.optim.Optimizer:
-    return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, betas=(0.9, 0.999))
 
 
 class Trainer:
@@ -89,7 +86,7 @@ class Trainer:
         self.policy = build_policy(cfg.model, self.tokenizer, seed=self.seed).to(self.device)
         self.policy.eval()
         self.table = TokenByteTable.from_tokenizer(self.tokenizer)
-        self.actor_opt = _adamw([p for p in self.policy.parameters() if p.requires_grad], cfg.actor.lr,
+        self.actor_opt = adamw([p for p in self.policy.parameters() if p.requires_grad], cfg.actor.lr,
                                 cfg.actor.weight_decay)
         self.critic: Any = None
         self.critic_opt: torch.optim.Optimizer | None = None
@@ -122,7 +119,7 @@ class Trainer:
         if heads and cfg.critic.enabled:
             self.critic = build_critic(cfg.critic, self.policy, heads).to(self.device)
             self.critic.eval()
-            self.critic_opt = _adamw(self.critic.trainable_parameters(), cfg.critic.lr, cfg.critic.weight_decay)
+            self.critic_opt = adamw(self.critic.trainable_parameters(), cfg.critic.lr, cfg.critic.weight_decay)
         if cfg.actor.kl_coef > 0:
             self.reference = make_reference(self.policy).to(self.device)
         self.rl_ready = True
@@ -140,7 +137,7 @@ class Trainer:
                 engine.sync()  # the policy may already differ from model.path (SFT, resume, LoRA)
                 self._engine = engine
             else:
-                self._engine = HFEngine(self.policy, self.tokenizer)
+                self._engine = HFEngine(self.policy, self.tokenizer, max_batch_size=self.config.rollout.batch_size)
         return self._engine
 
     def learner(self) -> Learner:
