@@ -168,3 +168,89 @@ def test_shaping_needs_its_inputs():
         shape_rewards(rewards, switch, valid, inconsistent, mask, {"keep_penalty": -0.1})  # type: ignore[arg-type]
     shaped = shape_rewards(rewards, switch, None, None, mask, ShapingConfig())
     torch.testing.assert_close(shaped.total, torch.where(mask, rewards, 0.0))
+
+
+# ------------------------------------------------------------------ penalties charged to the turn (verl-agent)
+
+
+def _reference_turn_credit(env, shaped, mask, group, *, norm, eps, loo=False):
+    """Plain loops: each valid turn scores its trajectory's env return plus its own shaping terms; statistics over
+    the group's turn samples (unbiased std; one sample: mean 0, std 1)."""
+    n, t = mask.shape
+    samples = {}
+    for i in range(n):
+        ret = sum(float(env[i, j]) for j in range(t) if mask[i, j])
+        for j in range(t):
+            if mask[i, j]:
+                samples.setdefault(int(group[i]), []).append((i, j, ret + float(shaped[i, j]) - float(env[i, j])))
+    out = torch.zeros(n, t, dtype=torch.float64)
+    for items in samples.values():
+        m = len(items)
+        mean = sum(s for _, _, s in items) / m if m > 1 else 0.0
+        std = math.sqrt(sum((s - mean) ** 2 for _, _, s in items) / (m - 1)) if m > 1 else 1.0
+        for i, j, s in items:
+            if loo:
+                out[i, j] = m / (m - 1) * (s - mean) if m > 1 else s
+            else:
+                out[i, j] = (s - mean) / (std + eps) if norm else s - mean
+    return out
+
+
+def _credit_inputs(seed: int):
+    from hiper.advantage import AdvantageInputs
+
+    gen = torch.Generator().manual_seed(seed)
+    n, t = 12, 6
+    lengths = torch.randint(1, t + 1, (n,), generator=gen)
+    mask = torch.arange(t).unsqueeze(0) < lengths.unsqueeze(1)
+    last = mask & ~torch.cat([mask[:, 1:], torch.zeros(n, 1, dtype=torch.bool)], 1)
+    return AdvantageInputs(
+        rewards=torch.where(last, 10.0 * (torch.rand(n, t, generator=gen) < 0.5), 0.0).double(),
+        dones=last, turn_mask=mask, switch=torch.rand(n, t, generator=gen) < 0.5,
+        valid=torch.rand(n, t, generator=gen) < 0.7, keep_inconsistent=torch.rand(n, t, generator=gen) < 0.2,
+        group=torch.arange(n) // 4 if seed % 2 else torch.arange(n) // 3, state_id=torch.randint(0, 3, (n, t)),
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_turn_credit_matches_the_reference_loops(seed: int) -> None:
+    from hiper.advantage import RLOOConfig, get
+
+    inputs = _credit_inputs(seed)
+    shaping = dict(invalid_penalty=0.1, keep_penalty=-0.3, keep_consistency_penalty=-0.3)
+    out = get("grpo")(inputs, GRPOConfig(group_stats="turn", penalty_credit="turn", **shaping))
+    ref = _reference_turn_credit(inputs.rewards, out.shaped_rewards.total, inputs.turn_mask, inputs.group,
+                                 norm=True, eps=1e-6)
+    torch.testing.assert_close(out.adv_action, ref, atol=1e-9, rtol=0)
+    out = get("rloo")(inputs, RLOOConfig(penalty_credit="turn", **shaping))
+    ref = _reference_turn_credit(inputs.rewards, out.shaped_rewards.total, inputs.turn_mask, inputs.group,
+                                 norm=False, eps=0.0, loo=True)
+    torch.testing.assert_close(out.adv_action, ref, atol=1e-9, rtol=0)
+    # GiGPO's episode level is the same per-turn advantage (centred only in mean_norm); no step level with w = 0
+    out = get("gigpo")(inputs, GiGPOConfig(group_stats="turn", penalty_credit="turn", step_advantage_w=0.0,
+                                           **shaping))
+    ref = _reference_turn_credit(inputs.rewards, out.shaped_rewards.total, inputs.turn_mask, inputs.group,
+                                 norm=False, eps=0.0)
+    torch.testing.assert_close(out.adv_action, ref, atol=1e-9, rtol=0)
+
+
+def test_turn_credit_charges_the_invalid_turn_only() -> None:
+    """Two episodes of one group: the first wins (10 on its last turn), the second fails with an invalid first turn.
+    Charged per episode, both turns of the loser get the same advantage; charged per turn, the invalid turn gets
+    less than the loser's valid turn, and the winner's turns are untouched by the loser's penalty."""
+    from hiper.advantage import AdvantageInputs, get
+
+    rewards, mask = _padded([[0.0, 10.0], [0.0, 0.0]])
+    inputs = AdvantageInputs(rewards=rewards, dones=mask & torch.tensor([[False, True]] * 2), turn_mask=mask,
+                             valid=torch.tensor([[True, True], [False, True]]), group=torch.tensor([0, 0]))
+    episode = get("grpo")(inputs, GRPOConfig(group_stats="turn", invalid_penalty=0.5)).adv_action
+    turn = get("grpo")(inputs, GRPOConfig(group_stats="turn", penalty_credit="turn", invalid_penalty=0.5)).adv_action
+    assert float(episode[1, 0]) == float(episode[1, 1])
+    assert float(turn[1, 0]) < float(turn[1, 1]) < 0.0 < float(turn[0, 0]) == float(turn[0, 1])
+
+
+def test_turn_credit_needs_turn_statistics() -> None:
+    with pytest.raises(ValueError, match="penalty_credit='turn'.*group_stats='turn'"):
+        GRPOConfig(penalty_credit="turn")
+    with pytest.raises(ValueError, match="penalty_credit"):
+        GiGPOConfig(group_stats="turn", penalty_credit="step")

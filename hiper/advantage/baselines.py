@@ -110,6 +110,51 @@ def episode_group_advantage(
     return adv * nonempty
 
 
+def turn_credit_scores(env_rewards: Tensor, shaped: Tensor, turn_mask: Tensor) -> Tensor:
+    """verl-agent's per-turn scores ``[N, T]``: every turn of a trajectory carries the trajectory's env return, plus
+    its own shaping terms only (``shaped - env_rewards`` on that turn: the invalid-format and KEEP penalties it
+    earned), so a penalty is charged to the turn that earned it (official ``ray_trainer.py:204-224``). 0 on padding.
+
+    Args:
+        env_rewards: ``[N, T]`` float env rewards before shaping; shaped: ``[N, T]`` float shaped rewards;
+        turn_mask: ``[N, T]`` bool.
+    """
+    zeros = torch.zeros_like(shaped)
+    env = torch.where(turn_mask, env_rewards, zeros)
+    return torch.where(turn_mask, env.sum(dim=1, keepdim=True) + (shaped - env), zeros)
+
+
+def turn_group_advantage(
+    scores: Tensor, turn_mask: Tensor, group: Tensor, *, norm_by_std: bool, eps: float, leave_one_out: bool = False
+) -> Tensor:
+    """Group advantage over turn samples ``[N, T]`` (verl-agent with ``compute_mean_std_cross_steps=True``): every
+    valid turn is one sample of its trajectory's group; A = (s - mean_g) / (std_g + eps) (or s - mean_g without
+    ``norm_by_std``; with ``leave_one_out``, RLOO's n / (n - 1) (s - mean_g)). A group with one turn sample gets
+    mean 0 and std 1 (verl's rule). 0 on padding.
+
+    Args:
+        scores: ``[N, T]`` float (``turn_credit_scores``); turn_mask: ``[N, T]`` bool; group: ``[N]`` integer.
+    """
+    if group.shape != turn_mask.shape[:1] or group.dtype.is_floating_point or group.dtype == torch.bool:
+        raise ValueError(f"group must be a [N] integer tensor, got {group.dtype} {tuple(group.shape)}")
+    adv = torch.zeros_like(scores)
+    values = scores[turn_mask]
+    if not values.numel():
+        return adv
+    keys = group.long().unsqueeze(1).expand_as(turn_mask)[turn_mask]
+    mean, std, count = group_mean_std(values, keys, torch.ones_like(values))
+    singleton = count <= 1
+    mean = torch.where(singleton, torch.zeros_like(mean), mean)
+    if leave_one_out:
+        out = torch.where(singleton, values, count / (count - 1).clamp_min(1.0) * (values - mean))
+    elif norm_by_std:
+        out = (values - mean) / (torch.where(singleton, torch.ones_like(std), std) + eps)
+    else:
+        out = values - mean
+    adv[turn_mask] = out
+    return adv
+
+
 def grpo(rewards: Tensor, turn_mask: Tensor, group: Tensor, config: GRPOConfig) -> Tensor:
     """GRPO advantage per trajectory ``[N]`` (see ``episode_group_advantage``)."""
     return episode_group_advantage(
@@ -137,7 +182,14 @@ def rloo(rewards: Tensor, turn_mask: Tensor, group: Tensor) -> Tensor:
     return scale * (episode_return - baseline) * nonempty
 
 
-def gigpo(rewards: Tensor, turn_mask: Tensor, group: Tensor, state_id: Tensor, config: GiGPOConfig) -> Tensor:
+def gigpo(
+    rewards: Tensor,
+    turn_mask: Tensor,
+    group: Tensor,
+    state_id: Tensor,
+    config: GiGPOConfig,
+    env_rewards: Tensor | None = None,
+) -> Tensor:
     """GiGPO per-turn advantage ``[N, T]`` (GiGPO paper Eq. 3-8; spec §4.3).
 
     A_{i,t} = A^E_i + w * A^S_{i,t}. A^E is the episode-level group advantage (``episode_group_advantage``; std
@@ -146,16 +198,26 @@ def gigpo(rewards: Tensor, turn_mask: Tensor, group: Tensor, state_id: Tensor, c
     ``config.gamma``; A^S = G - mean_sg (divided by the unbiased std_sg + eps in ``mean_std_norm``). A singleton step
     group gets A^S = 0.
 
+    With ``config.penalty_credit == "turn"`` the episode level is per turn sample (``turn_group_advantage`` of
+    ``turn_credit_scores(env_rewards, rewards)``), as verl-agent computes it.
+
     Args:
         rewards: ``[N, T]`` float shaped rewards; turn_mask ``[N, T]`` bool; group ``[N]`` long;
-        state_id: ``[N, T]`` long anchor-state id per turn (compared only within a group).
+        state_id: ``[N, T]`` long anchor-state id per turn (compared only within a group);
+        env_rewards: ``[N, T]`` float rewards before shaping (needed with ``penalty_credit="turn"``).
     """
     if state_id.shape != turn_mask.shape or state_id.dtype.is_floating_point or state_id.dtype == torch.bool:
         raise ValueError(f"state_id must be an integer tensor of shape {tuple(turn_mask.shape)}")
     norm = config.mode == "mean_std_norm"
-    episode = episode_group_advantage(
-        rewards, turn_mask, group, norm_by_std=norm, eps=config.eps, group_stats=config.group_stats
-    )
+    if config.penalty_credit == "turn":
+        if env_rewards is None:
+            raise ValueError("gigpo with penalty_credit='turn' needs env_rewards (the rewards before shaping)")
+        scores = turn_credit_scores(env_rewards, rewards, turn_mask)
+        episode = turn_group_advantage(scores, turn_mask, group, norm_by_std=norm, eps=config.eps)
+    else:
+        episode = episode_group_advantage(
+            rewards, turn_mask, group, norm_by_std=norm, eps=config.eps, group_stats=config.group_stats
+        ).unsqueeze(1)
     step_return = returns_to_go(rewards, turn_mask, config.gamma)
     traj_of_turn = group.long().unsqueeze(1).expand_as(state_id)
     keys = torch.stack((traj_of_turn[turn_mask], state_id.long()[turn_mask]), dim=1)  # [M, 2]
@@ -169,4 +231,4 @@ def gigpo(rewards: Tensor, turn_mask: Tensor, group: Tensor, state_id: Tensor, c
             step = step / (torch.where(singleton, torch.ones_like(std), std) + config.eps)
         step = torch.where(singleton, torch.zeros_like(step), step)
         adv[turn_mask] = step * config.step_advantage_w
-    return torch.where(turn_mask, adv + episode.unsqueeze(1), torch.zeros_like(adv))
+    return torch.where(turn_mask, adv + episode, torch.zeros_like(adv))

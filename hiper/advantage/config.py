@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, fields
+from typing import Any
 
 from hiper.settings import setting
 
@@ -21,6 +22,8 @@ KEEP_PENALTY_MODES = ("fixed", "normalized", "last_step")
 SWITCH_MODES = ("code", "paper")
 GIGPO_MODES = ("mean_norm", "mean_std_norm")
 GROUP_STATS = ("trajectory", "turn")
+#: how the group baselines charge shaping penalties: summed per trajectory, or to the turn that earned them
+PENALTY_CREDIT = ("episode", "turn")
 
 
 def _check_types(obj: object) -> None:
@@ -45,6 +48,13 @@ def _check_unit(obj: object, name: str, *, open_low: bool = False) -> None:
     if not (low_ok and value <= 1.0):
         interval = "(0, 1]" if open_low else "[0, 1]"
         raise ValueError(f"{type(obj).__name__}.{name} must be in {interval}, got {value!r}")
+
+
+def _check_turn_credit(obj: Any) -> None:
+    _check_choice(obj, "penalty_credit", PENALTY_CREDIT)
+    if obj.penalty_credit == "turn" and obj.group_stats != "turn":
+        raise ValueError(f"{type(obj).__name__}: penalty_credit='turn' scores turn samples, so it needs "
+                         f"group_stats='turn', got {obj.group_stats!r}")
 
 
 def _check_choice(obj: object, name: str, choices: tuple[str, ...]) -> None:
@@ -189,12 +199,16 @@ class GRPOConfig(ShapingConfig):
     eps: float = setting(1e-6, "added to the group std", "verl 1e-6")
     group_stats: str = setting("trajectory", "group statistics per trajectory or turn-weighted (turn)",
                                "paper: trajectory; verl-agent compute_mean_std_cross_steps: turn")
+    penalty_credit: str = setting("episode", "episode: shaping terms summed into the trajectory return (hiper); "
+                                  "turn: each turn scored as the env return + its own penalties, statistics over "
+                                  "the group's turns (verl-agent)", "official ray_trainer.py:204-224: turn")
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.eps <= 0.0:
             raise ValueError(f"GRPOConfig.eps must be > 0, got {self.eps!r}")
         _check_choice(self, "group_stats", GROUP_STATS)
+        _check_turn_credit(self)
 
 
 @dataclass(kw_only=True)
@@ -203,6 +217,13 @@ class RLOOConfig(ShapingConfig):
 
     keep_penalty_mode: str = setting("fixed", "spread of kappa (see HAEConfig); the baselines charge each KEEP turn",
                                      "spec §4.3")
+    penalty_credit: str = setting("episode", "episode: shaping terms summed into the trajectory return (hiper); "
+                                  "turn: each turn scored as the env return + its own penalties, statistics over "
+                                  "the group's turns (verl-agent)", "official ray_trainer.py:204-224: turn")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check_choice(self, "penalty_credit", PENALTY_CREDIT)
 
 
 @dataclass(kw_only=True)
@@ -226,12 +247,16 @@ class GiGPOConfig(ShapingConfig):
     eps: float = setting(1e-6, "added to the std", "verl 1e-6")
     group_stats: str = setting("trajectory", "episode-level statistics per trajectory or turn-weighted (turn)",
                                "paper: trajectory; verl-agent: turn")
+    penalty_credit: str = setting("episode", "episode: shaping terms summed into the trajectory return (hiper); "
+                                  "turn: each turn scored as the env return + its own penalties, statistics over "
+                                  "the group's turns (verl-agent)", "official ray_trainer.py:204-224: turn")
 
     def __post_init__(self) -> None:
         super().__post_init__()
         _check_unit(self, "gamma", open_low=True)
         _check_choice(self, "mode", GIGPO_MODES)
         _check_choice(self, "group_stats", GROUP_STATS)
+        _check_turn_credit(self)
         if self.eps <= 0.0:
             raise ValueError(f"GiGPOConfig.eps must be > 0, got {self.eps!r}")
         if self.step_advantage_w < 0.0:

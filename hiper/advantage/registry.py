@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from hiper.advantage.baselines import gigpo, grpo, rloo, turn_gae
+from hiper.advantage.baselines import gigpo, grpo, rloo, turn_credit_scores, turn_gae, turn_group_advantage
 from hiper.advantage.config import GAEConfig, GiGPOConfig, GRPOConfig, HAEConfig, RLOOConfig, ShapingConfig
 from hiper.advantage.hae import hae
 from hiper.advantage.layout import check_turn_tensors
@@ -378,26 +378,34 @@ def _gae_estimator(inputs: AdvantageInputs, config: GAEConfig) -> AdvantageOutpu
 
 @register("grpo", config_cls=GRPOConfig, needs_group=True)
 def _grpo_estimator(inputs: AdvantageInputs, config: GRPOConfig) -> AdvantageOutput:
-    """GRPO: group-normalised episode return on every turn of the episode."""
+    """GRPO: group-normalised episode return on every turn of the episode (``penalty_credit="turn"``: each turn's
+    own score, env return + its penalties, normalised over the group's turns)."""
     _check_common(inputs)
     assert inputs.group is not None
     shaped = _shape(inputs, config)
-    adv = grpo(shaped.total, inputs.turn_mask, inputs.group, config)
-    return _flat_output(
-        inputs, shaped, adv.unsqueeze(1).expand_as(shaped.total), _common_metrics(inputs, shaped)
-    )
+    if config.penalty_credit == "turn":
+        scores = turn_credit_scores(inputs.rewards, shaped.total, inputs.turn_mask)
+        adv = turn_group_advantage(scores, inputs.turn_mask, inputs.group, norm_by_std=config.norm_by_std,
+                                   eps=config.eps)
+    else:
+        adv = grpo(shaped.total, inputs.turn_mask, inputs.group, config).unsqueeze(1).expand_as(shaped.total)
+    return _flat_output(inputs, shaped, adv, _common_metrics(inputs, shaped))
 
 
 @register("rloo", config_cls=RLOOConfig, needs_group=True)
 def _rloo_estimator(inputs: AdvantageInputs, config: RLOOConfig) -> AdvantageOutput:
-    """RLOO: episode return minus the leave-one-out group mean, on every turn of the episode."""
+    """RLOO: episode return minus the leave-one-out group mean, on every turn of the episode (``penalty_credit=
+    "turn"``: each turn's own score against the leave-one-out mean of the group's turn samples)."""
     _check_common(inputs)
     assert inputs.group is not None
     shaped = _shape(inputs, config)
-    adv = rloo(shaped.total, inputs.turn_mask, inputs.group)
-    return _flat_output(
-        inputs, shaped, adv.unsqueeze(1).expand_as(shaped.total), _common_metrics(inputs, shaped)
-    )
+    if config.penalty_credit == "turn":
+        scores = turn_credit_scores(inputs.rewards, shaped.total, inputs.turn_mask)
+        adv = turn_group_advantage(scores, inputs.turn_mask, inputs.group, norm_by_std=False, eps=1.0,
+                                   leave_one_out=True)
+    else:
+        adv = rloo(shaped.total, inputs.turn_mask, inputs.group).unsqueeze(1).expand_as(shaped.total)
+    return _flat_output(inputs, shaped, adv, _common_metrics(inputs, shaped))
 
 
 @register("gigpo", config_cls=GiGPOConfig, needs_group=True, needs_state_id=True)
@@ -406,5 +414,5 @@ def _gigpo_estimator(inputs: AdvantageInputs, config: GiGPOConfig) -> AdvantageO
     _check_common(inputs)
     assert inputs.group is not None and inputs.state_id is not None
     shaped = _shape(inputs, config)
-    adv = gigpo(shaped.total, inputs.turn_mask, inputs.group, inputs.state_id, config)
+    adv = gigpo(shaped.total, inputs.turn_mask, inputs.group, inputs.state_id, config, env_rewards=inputs.rewards)
     return _flat_output(inputs, shaped, adv, _common_metrics(inputs, shaped))
