@@ -626,7 +626,7 @@ def test_recipe_settings_match_spec(
     cfg = _deep_merge(base, {k: v for k, v in top.items() if k not in ("hydra", "defaults")})
     s = hiper_settings(cfg)
     hae = s["estimator_config"]
-    assert s["estimator"] == "hae" and s["critic_heads"] == 1
+    assert s["estimator"] == "hae" and s["critic_heads"] == 3  # the paper's three-head critic by default
     assert (hae.gamma, hae.lam, hae.lam_seg, hae.invalid_penalty) == (1.0, 1.0, 0.95, 0.1)
     assert (hae.keep_penalty, hae.keep_consistency_penalty, hae.bootstrap_truncated) == (
         keep,

@@ -230,6 +230,9 @@ def step(cluster: Any, model_dir: Path, tmp_path_factory: pytest.TempPathFactory
         f"actor_rollout_ref.rollout.n={N_SESSIONS}", "actor_rollout_ref.rollout.response_length=64",
         f"hiper.max_turns={MAX_TURNS}", "trainer.n_gpus_per_node=1",
         "actor_rollout_ref.rollout.tensor_model_parallel_size=1",
+        # the stand-in critic below writes one value per position: the single-head path (the recipes' default
+        # three-head path has its own tests further down)
+        "hiper.critic_heads=1",
     ])  # fmt: skip
     trainer = HiPERTrainer(config=cfg)  # verl's PPOTrainer.__init__: replay buffer, critic/ref flags
     trainer._init_tokenizer()

@@ -14,13 +14,13 @@ the row keys (:mod:`hiper.integrations.verl.convert`), runs ``hiper.advantage.ge
 
 Critic variants (``critic_heads``):
 
-* ``1`` (default on verl, whose critic has one value head): **single-head, position-read**. V_high and V_term
+* ``1`` (verl's own critic has one value head): **single-head, position-read**. V_high and V_term
   are the one head read at response position 0 (before ``<switch>``: the state and the previous subgoal), V_low
   the same head read after ``</subgoal>`` (state and the chosen subgoal). It approximates the official
   three-head critic (spec §3.11): high and term share a position, so on boundary turns that position regresses
   to a weighted mean of G_high and G_term.
-* ``3``: per-position values carry three channels (low, high, term), read as in ``hiper.models.critic``
-  (opt-in on verl 0.9.1's FSDP critic: :mod:`hiper.integrations.verl.critic_heads`).
+* ``3`` (the recipes' default, the paper's critic): per-position values carry three channels (low, high, term),
+  read as in ``hiper.models.critic`` (verl 0.9.1's FSDP critic: :mod:`hiper.integrations.verl.critic_heads`).
 """
 
 from __future__ import annotations

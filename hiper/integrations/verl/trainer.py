@@ -24,7 +24,7 @@ Not supported (rejected in ``_setup`` with a clear error, never silently ignored
 would be replaced) and ``algorithm.hae.switch_mode=paper`` (its beta and V^low-on-KEEP need forward passes over
 the SWITCH/KEEP continuations that this trainer does not run; the built-in trainer does).
 
-Three-head critic (``hiper.critic_heads: 3``, opt-in, verl 0.9.1 + FSDP critic only): ``_setup`` runs
+Three-head critic (``hiper.critic_heads: 3``, the default as in the paper; verl 0.9.1 + FSDP critic only): ``_setup`` runs
 :func:`hiper.integrations.verl.critic_heads.configure_critic`, which writes ``num_labels: 3`` and
 ``hiper_critic_heads: 3`` into ``critic.model.override_config``; the plugin's wrapper in the critic workers then
 builds a 3-channel critic, and the values reach TransferQueue as ``[L, 3]`` per row. verl's
@@ -33,7 +33,7 @@ value block and logs ``critic/values/{low,high,term}/{mean,max,min}`` itself.
 
 Config (all optional, defaults in brackets): ``algorithm.adv_estimator`` [hae], ``algorithm.gamma``/``lam``,
 ``algorithm.hae.*`` (``lam_seg``, ``keep_penalty`` ...), ``hiper.reward_scale`` [1.0],
-``hiper.invalid_action_penalty_coef`` [0.1], ``hiper.critic_heads`` [1], ``hiper.high_value_coef`` /
+``hiper.invalid_action_penalty_coef`` [0.1], ``hiper.critic_heads`` [3; 1 = one head read at two positions], ``hiper.high_value_coef`` /
 ``hiper.term_value_coef`` [1.0]. ``critic.enable=true`` is required for ``hae`` and ``gae`` (verl only
 auto-enables the critic for its own ``gae``).
 """
@@ -58,7 +58,7 @@ PAPER_SWITCH_MESSAGE = (
     "P(SWITCH) over the SWITCH/KEEP continuations) and V^low on the KEEP continuation, extra forward passes the "
     "verl trainer does not run. It is supported by the built-in trainer (hiper train "
     "algorithm.hae.switch_mode=paper). On verl use switch_mode=code: with hiper.critic_heads=3 "
-    "the term head is its own channel (the official code path); with the default hiper.critic_heads=1 V^term is "
+    "the term head is its own channel (the official code path); with hiper.critic_heads=1 V^term is "
     "the single head read at response position 0, shared with V^high"
 )
 
@@ -84,7 +84,7 @@ def hiper_settings(config: Any) -> dict[str, Any]:
     hiper = get(config, "hiper", {})
     algorithm = get(config, "algorithm", {})
     estimator = str(get(algorithm, "adv_estimator", "hae"))
-    critic_heads = int(get(hiper, "critic_heads", 1))
+    critic_heads = int(get(hiper, "critic_heads", 3))  # recipes/verl/hiper_base.yaml: the paper's three heads
     if critic_heads not in (1, 3):
         raise ValueError(
             f"hiper.critic_heads must be 1 (single head, position-read) or 3, got {critic_heads}"
