@@ -143,6 +143,7 @@ class TurnBatch:
         table: TokenByteTable,
         pad_token_id: int,
         max_prompt_length: int | None = None,
+        protocol: str = "plan_execute",
     ) -> TurnBatch:
         """Flatten trajectories into a batch.
 
@@ -150,7 +151,8 @@ class TurnBatch:
         policy records them). Trailing pad tokens of a response are dropped. ``table`` is the
         :class:`~hiper.protocol.spans.TokenByteTable` of the policy tokenizer. Prompts longer than
         ``max_prompt_length`` raise ``ValueError`` (never silently truncated: truncation would change
-        the state the policy saw).
+        the state the policy saw). ``protocol``: the answer protocol the responses follow (``plan_execute`` or
+        ``flat``, :data:`hiper.protocol.PROTOCOLS`).
         """
         prompts, responses, rows, gen_logprobs = [], [], [], []
         for i, traj in enumerate(trajectories):
@@ -186,7 +188,7 @@ class TurnBatch:
         response_ids, response_mask = pad_token_lists(responses, pad_token_id)
         empty_rows = torch.tensor([e for *_, e in rows], dtype=torch.bool)
         response_mask[empty_rows] = False
-        spans = token_spans(table, response_ids, response_mask)
+        spans = token_spans(table, response_ids, response_mask, protocol=protocol)
         n = len(rows)
         traj_index = torch.tensor([i for i, *_ in rows], dtype=torch.long)
         turn_index = torch.tensor([t for _, t, *_ in rows], dtype=torch.long)

@@ -33,7 +33,7 @@ from hiper.advantage import available
 from hiper.advantage import get as get_estimator
 from hiper.config import ConfigError, list_presets, load_config
 from hiper.evaluate import wilson_interval
-from hiper.protocol.prompts import RENDERERS
+from hiper.protocol.prompts import PROMPT_PROTOCOL, RENDERERS
 from hiper.trainer.logging import read_metrics
 
 ARM_FILE = "arm.json"
@@ -216,8 +216,13 @@ def main(args: argparse.Namespace) -> int:
         return 2
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    arms = [Arm(e, p, s, str(out / f"{e}-{p}-s{s}")) for e in estimators for p in prompts for s in seeds]
-    print(f"hiper compare: {len(arms)} arms, {args.jobs} at a time, in {out}", flush=True)
+    # HAE needs the Plan-Execute answer: its pairs with a flat prompt are not arms of the ablation (spec §6.3)
+    pairs = [(e, p) for e in estimators for p in prompts
+             if not (get_estimator(e).needs_switch and PROMPT_PROTOCOL.get(p) == "flat")]
+    left_out = sorted({f"{e} x {p}" for e in estimators for p in prompts} - {f"{e} x {p}" for e, p in pairs})
+    arms = [Arm(e, p, s, str(out / f"{e}-{p}-s{s}")) for e, p in pairs for s in seeds]
+    print(f"hiper compare: {len(arms)} arms, {args.jobs} at a time, in {out}"
+          + (f" (left out, needs the Plan-Execute prompt: {', '.join(left_out)})" if left_out else ""), flush=True)
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
         futures = [pool.submit(run_arm, a, list(args.overrides), args.config, cfg.env.eval_episodes, args.group_size)
                    for a in arms]

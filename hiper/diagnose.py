@@ -36,6 +36,7 @@ from hiper.batch import TurnBatch
 from hiper.config import ConfigError, HiperConfig, critic_heads, from_dict, load_config
 from hiper.models.critic import build_critic
 from hiper.models.policy import response_logprobs
+from hiper.protocol.prompts import PROMPT_PROTOCOL
 from hiper.rollout.engine import derive_seed
 from hiper.trainer import algorithm
 from hiper.trainer.algorithm import Learner, Scores, Targets
@@ -139,7 +140,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         trajs, _ = algorithm.rollout(cfg0, learners[names[0]], trainer.manager("train"), trainer.tasks_for_iteration(k),
                                      args.group_size, cfg0.rollout.temperature, seed=derive_seed(base.seed, DIAGNOSE_STREAM, k))
         return trajs, TurnBatch.from_trajectories(trajs, trainer.table, trainer.pad_id,
-                                                  max_prompt_length=cfg0.rollout.max_prompt_length)
+                                                  max_prompt_length=cfg0.rollout.max_prompt_length,
+                                                  protocol=PROMPT_PROTOCOL[cfg0.env.prompt])
 
     for k in range(args.fit_batches):  # fit each critic on the frozen policy's rollouts (no actor update)
         trajs, batch = batch_of(k)

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from hiper.envs import ENV_FAMILIES, ENV_REGISTRY, env_class, import_plugins, make_batch, task_panel
-from hiper.protocol.prompts import RENDERERS
+from hiper.protocol.prompts import PROMPT_PROTOCOL, RENDERERS
 from hiper.rollout.hf import HFEngine
 from hiper.rollout.loop import run_episodes
 from hiper.rollout.manager import EnvManager
@@ -308,7 +308,8 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
             env_kwargs["expert_plan"] = False
     batch = make_batch(args.env, n_workers=workers, timeout_s=args.timeout, **env_kwargs)
     manager = EnvManager(
-        batch, family=ENV_FAMILIES[args.env], history_length=history_length, renderer=RENDERERS[prompt]
+        batch, family=ENV_FAMILIES[args.env], history_length=history_length, renderer=RENDERERS[prompt],
+        protocol=PROMPT_PROTOCOL[prompt],
     )
     try:
         policy, policy_desc = build_policy(args, manager)

@@ -59,3 +59,16 @@ def test_summaries() -> None:
     (row,) = group_rows(arms, threshold=0.5)
     assert row["n_ok"] == 3 and row["final_mean"] == 0.6 and row["reached_threshold"] == "3/3"
     assert abs(row["iterations_to_threshold_mean"] - (20 + 10 + 10) / 3) < 1e-9
+
+
+def test_prompt_ablation_grid_leaves_out_hae_with_a_flat_prompt(tmp_path, capsys) -> None:
+    """The paper's prompt x estimator grid: gae runs with both prompts, HAE only with the Plan-Execute one."""
+    out = tmp_path / "cmp"
+    argv = ["compare", "-o", str(out), "--estimators", "hae,gae", "--prompts", "compact,compact_flat",
+            "--seeds", "0", "--jobs", "2", *TINY]
+    assert cli.main(argv) == 0
+    assert "left out, needs the Plan-Execute prompt: hae x compact_flat" in capsys.readouterr().out
+    result = json.loads((out / "results.json").read_text())
+    assert sorted((a["estimator"], a["prompt"], a["status"]) for a in result["arms"]) == [
+        ("gae", "compact", "ok"), ("gae", "compact_flat", "ok"), ("hae", "compact", "ok")]
+    assert "prompt: compact_flat" in (out / "gae-compact_flat-s0" / "config.yaml").read_text()

@@ -53,8 +53,9 @@ class EnvConfig:
     eval_seed: int = setting(0, "seed of the fixed evaluation task panel")
     train_pool_size: int = setting(4096, "size of the training task pool iterations sample from")
     n_workers: int = setting(0, "env worker processes (0 = step the envs in the trainer's process)")
-    prompt: str = setting("default", "prompt renderer: default (the official prompt) or compact (short, CPU models)",
-                          "spec §2.3")
+    prompt: str = setting("default", "prompt renderer: default (the official Plan-Execute prompt), compact (short, "
+                          "CPU models), flat / compact_flat (ReAct-style think-then-act, no switch or subgoal: the "
+                          "paper's prompt ablation)", "spec §2.3, §6.3")
     switch_hint: bool = setting(True, "the default prompt adds 'answer SWITCH' before the first subgoal (hiper's "
                                 "addition; off in the paper presets)", "spec §2.3: the official prompt has no hint")
     max_consecutive_faults: int = setting(16, "stop the run after this many episodes in a row cut by env faults "

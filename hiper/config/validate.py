@@ -25,7 +25,7 @@ from hiper.config.schema import (
 )
 from hiper.envs.registry import ENV_FAMILIES, ENV_REGISTRY, import_plugins
 from hiper.losses import policy_losses
-from hiper.protocol.prompts import FAMILIES, RENDERERS
+from hiper.protocol.prompts import FAMILIES, PROMPT_PROTOCOL, RENDERERS
 
 
 def _choice(value: Any, key: str, choices: tuple[str, ...]) -> None:
@@ -243,6 +243,10 @@ def _check_algorithm(cfg: HiperConfig) -> None:
         others = ", ".join(n for n in available() if not get_estimator(n).needs_critic)
         _check(critic.enabled, f"algorithm.adv_estimator={alg.adv_estimator} needs a critic: set "
                f"critic.enabled=true or choose algorithm.adv_estimator={others.replace(', ', '|')}")
+    if est.needs_switch and env.prompt in PROMPT_PROTOCOL:
+        _check(PROMPT_PROTOCOL[env.prompt] == "plan_execute", f"algorithm.adv_estimator={alg.adv_estimator} needs "
+               f"the Plan-Execute answer (switch and subgoal); env.prompt={env.prompt} asks for a flat one: use "
+               "env.prompt=default|compact, or a flat estimator (gae, grpo, rloo, gigpo)")
     if est.needs_group:
         _check(env.group_size >= 2, f"algorithm.adv_estimator={alg.adv_estimator} compares rollouts of the same "
                "task: set env.group_size=8 (any value >= 2) or choose algorithm.adv_estimator=hae|gae")

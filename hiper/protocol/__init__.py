@@ -11,6 +11,7 @@ Grammar and prompt names are re-exported here; ``hiper.protocol.spans`` (numpy +
 
 from __future__ import annotations
 
+from hiper.protocol.flat import PROTOCOLS, format_flat, parse_flat, parser_for
 from hiper.protocol.grammar import (
     BLOCKS,
     INITIAL_SUBGOAL,
@@ -29,14 +30,17 @@ from hiper.protocol.grammar import (
 )
 from hiper.protocol.prompts import (
     FAMILIES,
+    PROMPT_PROTOCOL,
     RENDERERS,
     PromptConfig,
     PromptFamily,
     chat_prompt,
+    compact_flat_renderer,
     compact_renderer,
     prompt_families,
     quoted_actions,
     register_family,
+    render_flat_prompt,
     render_prompt,
 )
 
@@ -45,6 +49,8 @@ __all__ = [
     "INITIAL_SUBGOAL",
     "KEEP_CONTINUATION",
     "FAMILIES",
+    "PROMPT_PROTOCOL",
+    "PROTOCOLS",
     "REASON_CODES",
     "RENDERERS",
     "SWITCH_CONTINUATIONS",
@@ -54,15 +60,20 @@ __all__ = [
     "PromptFamily",
     "Switch",
     "chat_prompt",
+    "compact_flat_renderer",
     "compact_renderer",
+    "format_flat",
     "format_response",
     "keep_continuation",
     "next_subgoal",
     "normalize_subgoal",
+    "parse_flat",
     "parse_response",
+    "parser_for",
     "prompt_families",
     "quoted_actions",
     "register_family",
+    "render_flat_prompt",
     "render_prompt",
     "shown_subgoal",
 ]

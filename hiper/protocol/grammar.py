@@ -84,6 +84,11 @@ REASON_CODES = (
     "text_outside_blocks",
     "tag_case",
     "switch_case",
+    # the flat (think, act) protocol of hiper.protocol.flat
+    "missing_think",
+    "unclosed_think",
+    "duplicate_think",
+    "plan_execute_blocks",
 )
 
 

@@ -267,13 +267,96 @@ def compact_renderer(
     return "\n".join(lines)
 
 
+# ----------------------------------------------------------------------------------------------- flat (ReAct)
+
+_FLAT_RULES = (
+    "First think about the current situation step by step, inside <think>...</think>. Then give exactly one "
+    "action, copied character for character from the available actions, inside <action>...</action>. Write "
+    "nothing before, between or after the two blocks."
+)
+_FLAT_FORMAT = "Your answer must look like this:\n<think>your reasoning</think>\n<action>one available action</action>"
+
+
+def render_flat_prompt(
+    family: str,
+    *,
+    task: str,
+    observation: str,
+    admissible: Sequence[str],
+    current_subgoal: str | None = None,
+    history: Sequence[tuple[str, str]] = (),
+    step: int = 0,
+    config: PromptConfig | None = None,
+) -> str:
+    """The flat (ReAct-style) prompt of the paper's ablation (spec §6.3): the same role, task, history, observation
+    and actions as :func:`render_prompt`, no sub-goal, and the think-then-act answer format of
+    :mod:`hiper.protocol.flat`. ``current_subgoal`` is ignored (the flat protocol has none)."""
+    del current_subgoal
+    if family not in FAMILIES:
+        raise ValueError(f"unknown prompt family {family!r}; known: {prompt_families()}")
+    fam = FAMILIES[family]
+    cfg = config or PromptConfig()
+    show = fam.render_observation or (lambda o, _t: o)
+    k = cfg.history_length
+    shown = [(show(o, task), a) for o, a in history[-k:]] if (k > 0 and step > 0) else []
+
+    def text(hist: Sequence[tuple[str, str]]) -> str:
+        parts = [fam.role, f"Task: {task}"]
+        if hist:
+            first = max(step - len(hist), 0)
+            lines = [f"You have taken {step} step(s) so far. The last {len(hist)} step(s):"]
+            for j, (obs, act) in enumerate(hist):
+                i = first + j + 1
+                lines.append(f"- Step {i} observation: {obs}\n  Step {i} action: {act}")
+            parts.append("\n".join(lines))
+        parts.append(f"Current observation (step {step + 1}): {show(observation, task)}")
+        parts.append(f"Available actions:\n{fam.render_actions(admissible)}")
+        return "\n\n".join([*parts, _FLAT_RULES, _FLAT_FORMAT])
+
+    out = text(shown)
+    if shown and cfg.max_chars is not None and len(out) > cfg.max_chars:
+        out = text([])
+    return out
+
+
+def compact_flat_renderer(
+    family: str,
+    *,
+    task: str,
+    observation: str,
+    admissible: Sequence[str],
+    current_subgoal: str | None = None,
+    history: Sequence[tuple[str, str]] = (),
+    step: int = 0,
+    **_: Any,
+) -> str:
+    """:func:`compact_renderer` without the sub-goal line, for the flat protocol on CPU-sized models."""
+    del family, current_subgoal, step
+    lines = [f"task: {task}"]
+    if history:
+        lines.append("last: " + " ; ".join(a for _, a in history))
+    lines.append(f"obs: {_clean_observation(observation)}")
+    lines.append("actions: " + " | ".join(a for a in admissible if a.strip().lower() != "help"))
+    return "\n".join(lines)
+
+
 #: ``env.prompt`` config value -> renderer (``render_prompt``'s history trimming is configured by the caller).
-RENDERERS: dict[str, Callable[..., str]] = {"default": render_prompt, "compact": compact_renderer}
+RENDERERS: dict[str, Callable[..., str]] = {
+    "default": render_prompt,
+    "compact": compact_renderer,
+    "flat": render_flat_prompt,
+    "compact_flat": compact_flat_renderer,
+}
+#: ``env.prompt`` config value -> the answer protocol it asks for (:data:`hiper.protocol.flat.PROTOCOLS`)
+PROMPT_PROTOCOL: dict[str, str] = {
+    "default": "plan_execute", "compact": "plan_execute", "flat": "flat", "compact_flat": "flat",
+}
 
 def quoted_actions(admissible: Sequence[str]) -> str:
     """One quoted action per line (``help`` dropped): the household rendering, a good default for a new family."""
     return _render_household_actions(admissible)
 
 
-__all__ = ["FAMILIES", "RENDERERS", "PromptConfig", "PromptFamily", "chat_prompt", "compact_renderer",
-           "prompt_families", "quoted_actions", "register_family", "render_prompt"]
+__all__ = ["FAMILIES", "PROMPT_PROTOCOL", "RENDERERS", "PromptConfig", "PromptFamily", "chat_prompt",
+           "compact_flat_renderer", "compact_renderer", "prompt_families", "quoted_actions", "register_family",
+           "render_flat_prompt", "render_prompt"]

@@ -26,7 +26,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from hiper.protocol.grammar import _FAST_NONBLANK, ParsedResponse, parse_response
+from hiper.protocol.flat import parser_for
+from hiper.protocol.grammar import _FAST_NONBLANK, ParsedResponse
 
 __all__ = ["ParsedRows", "SpanBatch", "TokenByteTable", "bytes_to_unicode", "token_spans"]
 
@@ -162,8 +163,11 @@ class ParsedRows(Sequence[ParsedResponse]):
     :func:`token_spans`; their :class:`ParsedResponse` objects are only made when someone reads them.
     """
 
-    def __init__(self, items: list[ParsedResponse | None], texts: list[str | None], strict: bool) -> None:
+    def __init__(
+        self, items: list[ParsedResponse | None], texts: list[str | None], strict: bool, protocol: str = "plan_execute"
+    ) -> None:
         self._items, self._texts, self._strict = items, texts, strict
+        self._parse = parser_for(protocol)
 
     def __len__(self) -> int:
         return len(self._items)
@@ -173,7 +177,7 @@ class ParsedRows(Sequence[ParsedResponse]):
             return [self[j] for j in range(*i.indices(len(self)))]
         p = self._items[i]
         if p is None:
-            p = self._items[i] = parse_response(self._texts[i], strict=self._strict)
+            p = self._items[i] = self._parse(self._texts[i], self._strict)
         return p
 
     def __eq__(self, other: object) -> bool:
@@ -288,6 +292,7 @@ def token_spans(
     response_mask: torch.Tensor | np.ndarray | None = None,
     *,
     strict: bool = False,
+    protocol: str = "plan_execute",
 ) -> SpanBatch:
     """Parse each response from its token bytes and turn the block spans into token masks.
 
@@ -297,6 +302,8 @@ def token_spans(
         response_mask: bool ``[B, L]`` valid response tokens (a prefix of each row); default all True for a
             tensor input, the list lengths for a list input.
         strict: passed to :func:`~hiper.protocol.parse_response`.
+        protocol: ``plan_execute`` (the three blocks) or ``flat`` (:mod:`hiper.protocol.flat`: the action mask
+            covers the whole think-and-act answer).
 
     Returns:
         a :class:`SpanBatch`. A token is in a block's mask if its byte range overlaps the block's byte span;
@@ -347,9 +354,10 @@ def token_spans(
     empty = (0, 0)
     # all-ASCII batch (the common case): decode once; char offsets are byte offsets
     ascii_text = blob.decode("ascii") if blob.isascii() else None
-    canonical = _FAST_NONBLANK.match
+    parse = parser_for(protocol)
+    canonical = _FAST_NONBLANK.match if protocol == "plan_execute" else None
     for r in range(n_rows):
-        if ascii_text is not None:
+        if ascii_text is not None and canonical is not None:
             lo, hi = offsets[r], offsets[r + 1]
             m = canonical(ascii_text, lo, hi)  # \Z matches at hi
             if m is not None:  # exactly parse_response's fast path: valid, spans = the regex groups
@@ -362,9 +370,11 @@ def token_spans(
                 valid.append(True)
                 continue
             text, char_to_byte = ascii_text[lo:hi], None
+        elif ascii_text is not None:
+            text, char_to_byte = ascii_text[offsets[r] : offsets[r + 1]], None
         else:
             text, char_to_byte = _decode_with_offsets(blob[offsets[r] : offsets[r + 1]])
-        p = parse_response(text, strict=strict)
+        p = parse(text, strict)
         parsed.append(p)
         texts.append(None)
         boundary.append(p.switch)
@@ -398,7 +408,7 @@ def token_spans(
     v_low = np.clip(v_low, 0, np.maximum(n_valid - 1, 0))
 
     return SpanBatch(
-        parsed=ParsedRows(parsed, texts, strict),
+        parsed=ParsedRows(parsed, texts, strict, protocol),
         action_mask=torch.from_numpy(action_mask),
         subgoal_mask=torch.from_numpy(masks[1]),
         switch_mask=torch.from_numpy(masks[0]),

@@ -33,8 +33,9 @@ from typing import Any
 
 from hiper.envs.base import ExpertStep, TaskSpec
 from hiper.envs.pool import BatchEnv
-from hiper.protocol.grammar import next_subgoal, parse_response
-from hiper.protocol.prompts import PromptConfig, render_prompt
+from hiper.protocol.flat import parser_for
+from hiper.protocol.grammar import next_subgoal
+from hiper.protocol.prompts import PromptConfig, render_flat_prompt, render_prompt
 from hiper.rollout.records import Trajectory, TurnRecord, TurnRequest
 
 #: ``renderer(family, *, task, observation, admissible, current_subgoal, history, step) -> str``
@@ -72,7 +73,9 @@ class EnvManager:
             ``envs.family`` when the batch has one.
         history_length: number of most recent ``(observation, action)`` pairs shown in the prompt.
         renderer: ``render_prompt``-compatible callable; default :func:`hiper.render_prompt`.
-        strict_parse: passed to :func:`hiper.protocol.parse_response`.
+        strict_parse: passed to the protocol's parser.
+        protocol: the answer protocol: ``plan_execute`` (:func:`hiper.protocol.parse_response`) or ``flat``
+            (:func:`hiper.protocol.parse_flat`, with a flat renderer such as :func:`hiper.render_flat_prompt`).
         switch_hint: the default renderer's first-turn "answer SWITCH" hint (:class:`PromptConfig`).
         max_turns: optional manager-side turn cap; an env still running after it is marked
             ``done``/``truncated`` with ``truncation_reason="max_turns"`` (envs cap themselves too).
@@ -87,8 +90,11 @@ class EnvManager:
         strict_parse: bool = False,
         max_turns: int | None = None,
         switch_hint: bool = True,
+        protocol: str = "plan_execute",
     ) -> None:
         self.envs = envs
+        self.protocol = protocol
+        self._parse = parser_for(protocol)
         self.family = family or getattr(envs, "family", None)
         if self.family is None:
             raise ValueError("EnvManager needs a prompt family ('household' or 'webshop')")
@@ -97,10 +103,10 @@ class EnvManager:
         if max_turns is not None and max_turns < 1:
             raise ValueError(f"max_turns must be >= 1, got {max_turns}")
         self.history_length = history_length
-        if renderer is None or renderer is render_prompt:
-            # the default renderer trims the history itself: make it show exactly ``history_length`` pairs
+        if renderer is None or renderer is render_prompt or renderer is render_flat_prompt:
+            # these renderers trim the history themselves: make them show exactly ``history_length`` pairs
             config = PromptConfig(history_length=history_length, switch_hint=switch_hint)
-            renderer = functools.partial(render_prompt, config=config)
+            renderer = functools.partial(renderer or render_prompt, config=config)
         self.renderer: Renderer = renderer
         self.strict_parse = strict_parse
         self.max_turns = max_turns
@@ -205,7 +211,7 @@ class EnvManager:
                 raise ValueError(f"slot {slot} is finished; only active slots can be stepped")
         if not responses:
             return []
-        parsed = {slot: parse_response(text, strict=self.strict_parse) for slot, text in responses.items()}
+        parsed = {slot: self._parse(text, self.strict_parse) for slot, text in responses.items()}
         actions = {slot: p.action for slot, p in parsed.items()}
         results = self.envs.step(actions)
         missing = set(actions) - set(results)

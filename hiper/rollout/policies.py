@@ -12,6 +12,7 @@ import random
 from collections.abc import Sequence
 from typing import Any, Protocol, runtime_checkable
 
+from hiper.protocol.flat import format_flat
 from hiper.protocol.grammar import Switch, format_response
 from hiper.protocol.prompts import chat_prompt
 from hiper.rollout.engine import GenerationEngine, derive_seed
@@ -49,12 +50,22 @@ def write_response(switch: Any, subgoal: str, action: str) -> str:
         return f"<switch>{value}</switch>\n<subgoal>{subgoal.strip()}</subgoal>\n<action>{action.strip()}</action>"
 
 
+def _write_flat(think: str, action: str) -> str:
+    """:func:`hiper.protocol.format_flat`, or the two blocks verbatim when it refuses (as :func:`write_response`)."""
+    try:
+        return format_flat(think, action)
+    except ValueError:
+        return f"<think>{think.strip()}</think>\n<action>{action.strip()}</action>"
+
+
 class ExpertPolicy(BasePolicy):
     """Follows the env's expert/oracle and writes well-formed protocol responses.
 
     ``source`` is an :class:`~hiper.rollout.manager.EnvManager` or a batch env with ``expert(slots)``.
     The response is ``SWITCH`` when the expert's subgoal differs from the current subgoal (always at
     turn 0, where there is none) and ``KEEP`` otherwise, so the expert's KEEPs are always consistent.
+    Under the flat protocol (``source.protocol == "flat"``) it writes ``<think>{subgoal}</think>`` and the
+    action: the expert's subgoal is its reasoning.
     """
 
     def __init__(self, source: Any) -> None:
@@ -66,8 +77,12 @@ class ExpertPolicy(BasePolicy):
         switch = Switch
         steps = self.source.expert([r.slot for r in requests])
         out = {}
+        flat = getattr(self.source, "protocol", "plan_execute") == "flat"
         for r in requests:
             step = steps[r.slot]
+            if flat:
+                out[r.slot] = _write_flat(step.subgoal, step.action)
+                continue
             keep = r.turn > 0 and r.current_subgoal is not None and step.subgoal == r.current_subgoal
             out[r.slot] = write_response(switch.KEEP if keep else switch.SWITCH, step.subgoal, step.action)
         return out

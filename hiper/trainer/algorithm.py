@@ -31,6 +31,7 @@ from hiper.config.schema import HiperConfig, estimator_config
 from hiper.envs.base import TaskSpec
 from hiper.models.critic import ValueModel
 from hiper.models.policy import response_logprobs
+from hiper.protocol.prompts import PROMPT_PROTOCOL
 from hiper.protocol.spans import TokenByteTable
 from hiper.rollout.engine import GenerationEngine, derive_seed
 from hiper.rollout.loop import LoopStats, run_episodes
@@ -117,7 +118,8 @@ def iteration(cfg: HiperConfig, learner: Learner, manager: EnvManager, tasks: Se
     # ALGO 2. turn batch: one row per (trajectory, turn); role masks and read positions from the one parser
     t0 = time.perf_counter()
     batch = TurnBatch.from_trajectories(trajs, learner.table, int(learner.tokenizer.pad_token_id),
-                                        max_prompt_length=cfg.rollout.max_prompt_length)
+                                        max_prompt_length=cfg.rollout.max_prompt_length,
+                                        protocol=PROMPT_PROTOCOL[cfg.env.prompt])
     times["batch"] = time.perf_counter() - t0
 
     # ALGO 3-4. behaviour / reference log-probs, critic values (and beta in paper switch mode), no grad

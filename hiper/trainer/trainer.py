@@ -27,7 +27,7 @@ from hiper.losses import UpdatesDiverged
 from hiper.models.critic import build_critic
 from hiper.models.policy import build_policy, make_reference
 from hiper.models.tokenizer import build_tokenizer
-from hiper.protocol.prompts import RENDERERS
+from hiper.protocol.prompts import PROMPT_PROTOCOL, RENDERERS
 from hiper.protocol.spans import TokenByteTable
 from hiper.rollout.engine import GenerationEngine, derive_seed
 from hiper.rollout.hf import HFEngine
@@ -156,7 +156,8 @@ class Trainer:
             self._managers[purpose] = EnvManager(make_batch(env.name, n_workers=env.n_workers, plugins=env.plugins,
                                                             **kwargs),
                                                  family=self.family, history_length=env.history_length,
-                                                 renderer=RENDERERS[env.prompt], switch_hint=env.switch_hint)
+                                                 renderer=RENDERERS[env.prompt], switch_hint=env.switch_hint,
+                                                 protocol=PROMPT_PROTOCOL[env.prompt])
         return self._managers[purpose]
 
     # ------------------------------------------------------------------------------------------ tasks
