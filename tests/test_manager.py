@@ -251,3 +251,28 @@ def test_expert_with_unformattable_action_is_recorded_invalid() -> None:
     m.reset(tasks(1))
     (rec,) = m.step(ExpertPolicy(m).act(m.requests()))
     assert not rec.valid and rec.parsed.errors == ("cjk",) and rec.action == "search[【2 pack】 phone case]"
+
+
+def test_over_long_prompts_drop_the_oldest_history_first() -> None:
+    """A prompt over the budget is rendered again without its oldest history pairs until it fits; the turn
+    records how many pairs were dropped, and a prompt that fits is untouched."""
+    from hiper.envs import make_batch, task_panel
+    from hiper.rollout.loop import run_episodes
+    from hiper.rollout.policies import ExpertPolicy
+
+    tasks = task_panel("household", "train", n=2, seed=0, difficulty="tiny")
+    free = EnvManager(make_batch("household", difficulty="tiny"), family="household", history_length=3)
+    full = [t for traj in run_episodes(free, ExpertPolicy(free), tasks) for t in traj.turns]
+    budget = max(len(t.prompt) for t in full if t.turn == 1)  # every turn-1 prompt fits, longer histories do not
+    tight = EnvManager(make_batch("household", difficulty="tiny"), family="household", history_length=3,
+                       prompt_fits=lambda text: len(text) <= budget)
+    cut = [t for traj in run_episodes(tight, ExpertPolicy(tight), tasks) for t in traj.turns]
+    assert [t.action for t in cut] == [t.action for t in full]  # the expert's episodes are the same
+    for a, b in zip(full, cut):
+        if len(a.prompt) <= budget:
+            assert b.prompt == a.prompt and b.history_dropped == 0
+        else:
+            assert b.history_dropped >= 1 and (len(b.prompt) <= budget or b.history_dropped == min(a.turn, 3))
+            shown = min(a.turn, 3) - b.history_dropped
+            assert f"The last {shown} step(s)" in b.prompt or shown == 0
+    assert any(t.history_dropped for t in cut)

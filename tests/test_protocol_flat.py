@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from test_trainer import tiny_config
 
 from hiper.config import ConfigError, load_config
 from hiper.envs import make_batch, task_panel
@@ -23,8 +24,6 @@ from hiper.rollout.loop import run_episodes
 from hiper.rollout.manager import EnvManager
 from hiper.rollout.policies import ExpertPolicy
 from hiper.trainer.trainer import Trainer
-
-from test_trainer import tiny_config
 
 GOOD = "<think>the mug is on the table</think>\n<action>take mug 1 from table 1</action>"
 

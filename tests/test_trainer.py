@@ -309,3 +309,20 @@ def test_consecutive_env_faults_stop_the_run(tokenizer, monkeypatch) -> None:
     assert metrics["train/env_faults"] == 4.0 and len(trainer.last.batch) == 4
     with pytest.raises(UpdatesDiverged, match="6 episodes in a row were cut by env faults"):
         trainer.iteration()
+
+
+def test_over_long_prompts_drop_history_instead_of_stopping_the_run(tokenizer) -> None:
+    """rollout.max_prompt_length below the longest prompt: the run goes on with shortened histories, counted."""
+    trainer = Trainer(tiny_config("hae", env={"max_steps": 4, "prompt": "default"}), tokenizer=tokenizer)
+    trainer.iteration()
+    lengths = [(t.turn, len(t.extras["prompt_ids"])) for tr in trainer.last.trajectories for t in tr.turns]
+    first = max(n for turn, n in lengths if turn == 0)
+    assert max(n for _, n in lengths) > first  # histories make later prompts longer
+    cfg = tiny_config("hae", env={"max_steps": 4, "prompt": "default"}, rollout={"temperature": 1.0, "max_new_tokens": 12,
+                                                          "eval_temperature": 0.0, "max_prompt_length": first})
+    short = Trainer(cfg, tokenizer=tokenizer)
+    metrics = short.iteration()
+    assert metrics["train/history_shortened_turns"] > 0
+    turns = [t for tr in short.last.trajectories for t in tr.turns]
+    assert all(len(t.extras["prompt_ids"]) <= first for t in turns)
+    assert any(t.history_dropped for t in turns)

@@ -142,7 +142,8 @@ class RolloutConfig:
     top_p: float = setting(1.0, "training nucleus sampling", "paper 1.0")
     max_new_tokens: int = setting(64, "response budget per turn (tokens)", "paper 512")
     eval_temperature: float = setting(0.4, "evaluation sampling temperature (0 = greedy)", "paper 0.4 (spec §4.1)")
-    max_prompt_length: int = setting(1024, "prompt budget in tokens; a longer prompt is an error", "paper 2048")
+    max_prompt_length: int = setting(1024, "prompt budget in tokens; a longer prompt drops its oldest history "
+                                     "pairs until it fits (an error only if it still does not)", "paper 2048")
     batch_size: int = setting(32, "prompts per generation forward batch of the hf engine (bigger is faster on a GPU, "
                               "changes which rows share a batch and so the sampled tokens)")
 

@@ -62,6 +62,7 @@ class _Slot:
     turns: list[TurnRecord] = field(default_factory=list)
     active: bool = True
     prompt: str | None = None
+    history_dropped: int = 0  # history pairs left out of ``prompt`` to fit the prompt budget
 
 
 class EnvManager:
@@ -79,6 +80,10 @@ class EnvManager:
         switch_hint: the default renderer's first-turn "answer SWITCH" hint (:class:`PromptConfig`).
         max_turns: optional manager-side turn cap; an env still running after it is marked
             ``done``/``truncated`` with ``truncation_reason="max_turns"`` (envs cap themselves too).
+        prompt_fits: optional budget check ``(prompt text) -> bool`` (e.g. the chat-templated token count
+            against ``rollout.max_prompt_length``). A prompt that does not fit is rendered again with the
+            oldest history pair left out, until it fits or no history is left; the turn records how many pairs
+            were dropped (``TurnRecord.history_dropped``).
     """
 
     def __init__(
@@ -91,10 +96,12 @@ class EnvManager:
         max_turns: int | None = None,
         switch_hint: bool = True,
         protocol: str = "plan_execute",
+        prompt_fits: Callable[[str], bool] | None = None,
     ) -> None:
         self.envs = envs
         self.protocol = protocol
         self._parse = parser_for(protocol)
+        self.prompt_fits = prompt_fits
         self.family = family or getattr(envs, "family", None)
         if self.family is None:
             raise ValueError("EnvManager needs a prompt family ('household' or 'webshop')")
@@ -166,7 +173,7 @@ class EnvManager:
         for slot in self.active_slots:
             s = self._slots[slot]
             if s.prompt is None:
-                s.prompt = self._render(s)
+                s.prompt, s.history_dropped = self._fitted_prompt(s)
             out.append(
                 TurnRequest(
                     slot=slot,
@@ -182,8 +189,18 @@ class EnvManager:
             )
         return out
 
-    def _render(self, s: _Slot) -> str:
+    def _fitted_prompt(self, s: _Slot) -> tuple[str, int]:
+        """The slot's prompt, and how many of its history pairs were dropped to fit ``prompt_fits``."""
         history = s.history[-self.history_length :] if self.history_length else []
+        text = self._render(s, history)
+        dropped = 0
+        while self.prompt_fits is not None and history and not self.prompt_fits(text):
+            history = history[1:]  # the oldest pair first, as a sliding window would
+            dropped += 1
+            text = self._render(s, history)
+        return text, dropped
+
+    def _render(self, s: _Slot, history: list[tuple[str, str]]) -> str:
         return self.renderer(
             self.family,
             task=str(s.info.get("task", "")),
@@ -227,10 +244,12 @@ class EnvManager:
             reason = info.get("truncation_reason")
             if not done and self.max_turns is not None and len(s.turns) + 1 >= self.max_turns:
                 done, truncated, reason = True, True, "max_turns"
+            if s.prompt is None:  # stepped without a request (a scripted caller): render it now
+                s.prompt, s.history_dropped = self._fitted_prompt(s)
             rec = TurnRecord(
                 task=s.task,
                 turn=len(s.turns),
-                prompt=s.prompt if s.prompt is not None else self._render(s),
+                prompt=s.prompt,
                 observation=s.observation,
                 admissible=list(s.info.get("admissible", [])),
                 response=text,
@@ -251,6 +270,7 @@ class EnvManager:
                 slot=slot,
                 group=s.group,
                 extras=dict(extras.get(slot, {})),
+                history_dropped=s.history_dropped,
             )
             s.turns.append(rec)
             s.history.append((s.observation, rec.action))
@@ -258,7 +278,7 @@ class EnvManager:
             s.observation = res.obs
             # keep the task/task_type known from reset if a crashed worker returned a bare info
             s.info = {**s.info, **info}
-            s.prompt = None
+            s.prompt, s.history_dropped = None, 0
             s.active = not done
             records.append(rec)
         return records

@@ -37,7 +37,8 @@ class TurnRecord:
     force before the turn (``None`` at turn 0) and ``subgoal`` the one after KEEP semantics.
     ``reward``/``done``/``won``/``score``/``truncated`` describe the transition caused by ``action``.
     ``extras`` holds whatever the policy attached (engine ``prompt_ids``, ``response_ids``,
-    ``logprobs`` ...); the trainer may add more.
+    ``logprobs`` ...); the trainer may add more. ``history_dropped``: how many of the oldest history pairs the
+    manager left out of ``prompt`` so that it fits the prompt budget (``rollout.max_prompt_length``).
     """
 
     task: TaskSpec
@@ -63,6 +64,7 @@ class TurnRecord:
     slot: int = -1
     group: int | None = None
     extras: dict[str, Any] = field(default_factory=dict)
+    history_dropped: int = 0
 
     @property
     def decision(self) -> Switch:

@@ -150,6 +150,8 @@ def iteration(cfg: HiperConfig, learner: Learner, manager: EnvManager, tasks: Se
     m.update(metrics.rollout_metrics(trajs, batch, prefix="train/"))
     m["train/quarantined"] = float(n_quarantined)
     m["train/env_faults"] = float(n_faults)  # episodes cut by a crashed / hung worker (not step limits)
+    # turns whose prompt left out its oldest history pairs to fit rollout.max_prompt_length
+    m["train/history_shortened_turns"] = float(sum(t.history_dropped > 0 for tr in trajs for t in tr.turns))
     restarts = getattr(getattr(manager, "envs", None), "restarts", None)  # an EnvPool's worker restarts so far
     if restarts is not None:
         m["env/worker_restarts"] = float(restarts)

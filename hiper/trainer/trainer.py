@@ -27,7 +27,7 @@ from hiper.losses import UpdatesDiverged
 from hiper.models.critic import build_critic
 from hiper.models.policy import build_policy, make_reference
 from hiper.models.tokenizer import build_tokenizer
-from hiper.protocol.prompts import PROMPT_PROTOCOL, RENDERERS
+from hiper.protocol.prompts import PROMPT_PROTOCOL, RENDERERS, chat_prompt
 from hiper.protocol.spans import TokenByteTable
 from hiper.rollout.engine import GenerationEngine, derive_seed
 from hiper.rollout.hf import HFEngine
@@ -157,8 +157,17 @@ class Trainer:
                                                             **kwargs),
                                                  family=self.family, history_length=env.history_length,
                                                  renderer=RENDERERS[env.prompt], switch_hint=env.switch_hint,
-                                                 protocol=PROMPT_PROTOCOL[env.prompt])
+                                                 protocol=PROMPT_PROTOCOL[env.prompt], prompt_fits=self.prompt_fits)
         return self._managers[purpose]
+
+    def prompt_fits(self, text: str) -> bool:
+        """Whether ``text``, chat-templated and tokenized as the engine will, fits ``rollout.max_prompt_length``
+        (the env manager drops the oldest history pairs until it does)."""
+        limit = self.config.rollout.max_prompt_length
+        chat = chat_prompt(self.tokenizer, text)
+        if len(chat.encode()) <= limit:  # every token has at least one byte: no need to tokenize
+            return True
+        return len(self.tokenizer.encode(chat, add_special_tokens=False)) <= limit
 
     # ------------------------------------------------------------------------------------------ tasks
 
