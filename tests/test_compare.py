@@ -72,3 +72,13 @@ def test_prompt_ablation_grid_leaves_out_hae_with_a_flat_prompt(tmp_path, capsys
     assert sorted((a["estimator"], a["prompt"], a["status"]) for a in result["arms"]) == [
         ("gae", "compact", "ok"), ("gae", "compact_flat", "ok"), ("hae", "compact", "ok")]
     assert "prompt: compact_flat" in (out / "gae-compact_flat-s0" / "config.yaml").read_text()
+    # the tables of docs/results_ablation.md come from such a folder
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "scripts" / "ablation_report.py"
+    report = subprocess.run([sys.executable, str(script), str(out), "--reference", "hae-compact"],
+                            capture_output=True, text=True, check=True).stdout
+    assert "| gae-compact_flat | 0 |" in report  # the per-arm table
+    assert "| gae-compact | " in report.split("mean gain")[1]  # the paired table against hae-compact

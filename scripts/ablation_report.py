@@ -1,0 +1,68 @@
+"""Tables for docs/results_ablation.md from a ``hiper compare`` folder: per arm the held-out success at the start and
+the end, the episode's behaviour at the end (switch rate, segment length, invalid and inadmissible rates), and, per
+seed, the difference of every arm's gain to a reference arm's (paired: same seed, same tasks).
+
+    python scripts/ablation_report.py runs/cmp --reference hae-compact
+
+Prints markdown; reads ``results.json`` and each arm's ``metrics.jsonl`` (hiper.trainer.logging.read_metrics).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+from pathlib import Path
+
+from hiper.trainer.logging import read_metrics
+
+BEHAVIOUR = ("eval/switch_rate", "eval/segment_length", "eval/invalid_rate", "eval/inadmissible_rate")
+
+
+def _last_eval(rows: list[dict]) -> dict:
+    evals = [r for r in rows if "eval/success" in r]
+    return evals[-1] if evals else {}
+
+
+def _t95(n: int) -> float:
+    """Two-sided 95 % t quantile for n - 1 degrees of freedom (n <= 6 tabulated; 1.96 beyond)."""
+    return {2: 12.706, 3: 4.303, 4: 3.182, 5: 2.776, 6: 2.571}.get(n, 1.96)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("folder")
+    parser.add_argument("--reference", default="hae-compact", help="estimator-prompt of the reference arm")
+    args = parser.parse_args()
+    result = json.loads((Path(args.folder) / "results.json").read_text())
+    arms = [a for a in result["arms"] if a["status"] == "ok"]
+    print("| arm | seed | start | end | gain | switch rate | segment length | invalid | inadmissible |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    gains: dict[str, dict[int, float]] = {}
+    for a in sorted(arms, key=lambda a: (a["estimator"], a["prompt"], a["seed"])):
+        curve = a["curve"]
+        last = _last_eval(read_metrics(Path(a["folder"]) / "metrics.jsonl"))
+        name = f"{a['estimator']}-{a['prompt']}"
+        gains.setdefault(name, {})[a["seed"]] = curve[-1][1] - curve[0][1]
+        cells = [f"{last.get(k, float('nan')):.3f}" for k in BEHAVIOUR]
+        print(f"| {name} | {a['seed']} | {curve[0][1]:.3f} | {curve[-1][1]:.3f} | {curve[-1][1] - curve[0][1]:+.3f} | "
+              + " | ".join(cells) + " |")
+    print()
+    ref = gains.get(args.reference, {})
+    print(f"| arm | mean gain (points) | gain minus {args.reference}'s, per seed (points) | mean difference, 95 % t-interval |")
+    print("|---|---|---|---|")
+    for name, by_seed in sorted(gains.items()):
+        mean_gain = 100 * statistics.mean(by_seed.values())
+        diffs = [100 * (by_seed[s] - ref[s]) for s in sorted(by_seed) if s in ref]
+        if name == args.reference or len(diffs) < 2:
+            print(f"| {name} | {mean_gain:+.1f} | {', '.join(f'{d:+.1f}' for d in diffs) or '-'} | - |")
+            continue
+        m, sd = statistics.mean(diffs), statistics.stdev(diffs)
+        half = _t95(len(diffs)) * sd / math.sqrt(len(diffs))
+        print(f"| {name} | {mean_gain:+.1f} | {', '.join(f'{d:+.1f}' for d in diffs)} | "
+              f"{m:+.1f} [{m - half:+.1f}, {m + half:+.1f}] |")
+
+
+if __name__ == "__main__":
+    main()
