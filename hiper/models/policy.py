@@ -126,7 +126,10 @@ def build_policy(model_cfg: ModelConfig, tokenizer: Any, seed: int = 0) -> nn.Mo
     else:
         raise ValueError("model config needs either 'tiny' (a Qwen2Config dict) or 'path' (hub id/folder/.gguf)")
     if model_cfg.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.25 (the old name warns)
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.config.use_cache = False
     if model_cfg.lora.enabled:
         model = apply_lora(model, model_cfg.lora, seed=seed + 1)
