@@ -108,11 +108,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     dtype = getattr(torch, args.dtype)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device).eval()
-    eos = sorted({int(tokenizer.eos_token_id), *HFEngine(model, tokenizer).eos_token_ids})
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos[0]
     batch = args.batch_size or args.n_prompts
     prompts = build_prompts(args.env, args.n_prompts, tokenizer, seed=args.seed, max_depth=args.max_depth)
-    engine = HFEngine(model, tokenizer, device=device, max_batch_size=batch, seed=args.seed, eos_token_ids=eos)
+    # the engine's EOS ids (tokenizer + generation config) go to the raw side too
+    engine = HFEngine(model, tokenizer, device=device, max_batch_size=batch, seed=args.seed)
+    eos = engine.eos_token_ids
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos[0]
     sampling = {"temperature": args.temperature, "top_p": args.top_p, "max_new_tokens": args.max_new_tokens}
 
     def ours() -> int:

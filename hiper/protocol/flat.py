@@ -38,8 +38,9 @@ def parse_flat(text: str, strict: bool = False) -> ParsedResponse:
         text = "" if text is None else str(text)
     errors: list[str] = []
     warnings: list[str] = []
-    tags = [(m.start(), m.end(), m.group(1) == "/", m.group(2).lower()) for m in _FLAT_TAG.finditer(text)]
-    if any(m.group(0) != m.group(0).lower() for m in _FLAT_TAG.finditer(text)):
+    matches = list(_FLAT_TAG.finditer(text))
+    tags = [(m.start(), m.end(), m.group(1) == "/", m.group(2).lower()) for m in matches]
+    if any(m.group(0) != m.group(0).lower() for m in matches):
         (errors if strict else warnings).append("tag_case")
     opens = {name: [t for t in tags if t[3] == name and not t[2]] for name in ("think", "action")}
     closes = {name: [t for t in tags if t[3] == name and t[2]] for name in ("think", "action")}

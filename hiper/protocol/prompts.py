@@ -142,12 +142,15 @@ def _render(
     task: str,
     observation: str,
     actions_block: str,
-    current_subgoal: str,
+    current_subgoal: str | None,
     history: Sequence[tuple[str, str]],
     step: int,
     first_history_step: int,
 ) -> str:
-    parts = [FAMILIES[family].role, _PLAN, f"Task: {task}"]
+    """One prompt's text; ``current_subgoal=None`` renders the flat (think-then-act) variant: no sub-goal concept,
+    no sub-goal line, the flat answer format."""
+    flat = current_subgoal is None
+    parts = [FAMILIES[family].role, f"Task: {task}"] if flat else [FAMILIES[family].role, _PLAN, f"Task: {task}"]
     if history:
         lines = [f"You have taken {step} step(s) so far. The last {len(history)} step(s):"]
         for k, (obs, act) in enumerate(history):
@@ -159,12 +162,40 @@ def _render(
         parts.append(
             f"Current sub-goal: {INITIAL_SUBGOAL} (none chosen yet: answer SWITCH and write your first one)"
         )
-    else:
+    elif not flat:
         parts.append(f"Current sub-goal: {current_subgoal}")
     parts.append(f"Available actions:\n{actions_block}")
-    parts.append(_RULES)
-    parts.append(_FORMAT)
+    parts.extend((_FLAT_RULES, _FLAT_FORMAT) if flat else (_RULES, _FORMAT))
     return "\n\n".join(parts)
+
+
+def _render_turn(
+    family: str,
+    task: str,
+    observation: str,
+    admissible: Sequence[str],
+    subgoal: str | None,
+    history: Sequence[tuple[str, str]],
+    step: int,
+    config: PromptConfig | None,
+) -> str:
+    """Family lookup, history window and the ``max_chars`` fallback shared by :func:`render_prompt` and
+    :func:`render_flat_prompt` (``subgoal=None``)."""
+    if family not in FAMILIES:
+        raise ValueError(f"unknown prompt family {family!r}; known: {prompt_families()} (add one with "
+                         "hiper.protocol.register_family)")
+    fam = FAMILIES[family]
+    cfg = config or PromptConfig()
+    show = fam.render_observation or (lambda o, _t: o)
+    obs = show(observation, task)
+    actions_block = fam.render_actions(admissible)
+    k = cfg.history_length
+    shown = [(show(o, task), a) for o, a in history[-k:]] if (k > 0 and step > 0) else []
+    first = max(step - len(shown), 0)
+    text = _render(cfg.switch_hint, family, task, obs, actions_block, subgoal, shown, step, first)
+    if shown and cfg.max_chars is not None and len(text) > cfg.max_chars:
+        text = _render(cfg.switch_hint, family, task, obs, actions_block, subgoal, [], step, step)
+    return text
 
 
 def render_prompt(
@@ -195,22 +226,8 @@ def render_prompt(
         step: number of env steps taken so far (0 at the first turn).
         config: :class:`PromptConfig`; if the prompt exceeds ``max_chars`` the no-history variant is used.
     """
-    if family not in FAMILIES:
-        raise ValueError(f"unknown prompt family {family!r}; known: {prompt_families()} (add one with "
-                         "hiper.protocol.register_family)")
-    fam = FAMILIES[family]
-    cfg = config or PromptConfig()
     subgoal = INITIAL_SUBGOAL if current_subgoal is None or not current_subgoal.strip() else current_subgoal
-    show = fam.render_observation or (lambda o, _t: o)
-    obs = show(observation, task)
-    actions_block = fam.render_actions(admissible)
-    k = cfg.history_length
-    shown = [(show(o, task), a) for o, a in history[-k:]] if (k > 0 and step > 0) else []
-    first = max(step - len(shown), 0)
-    text = _render(cfg.switch_hint, family, task, obs, actions_block, subgoal, shown, step, first)
-    if shown and cfg.max_chars is not None and len(text) > cfg.max_chars:
-        text = _render(cfg.switch_hint, family, task, obs, actions_block, subgoal, [], step, step)
-    return text
+    return _render_turn(family, task, observation, admissible, subgoal, history, step, config)
 
 
 def chat_prompt(tokenizer: Any, user_text: str) -> str:
@@ -258,11 +275,19 @@ def compact_renderer(
     """
     del family
     subgoal = current_subgoal if current_subgoal and current_subgoal.strip() else INITIAL_SUBGOAL
+    return _compact(task, observation, admissible, history, subgoal)
+
+
+def _compact(
+    task: str, observation: str, admissible: Sequence[str], history: Sequence[tuple[str, str]], subgoal: str | None
+) -> str:
+    """The compact prompt's lines; ``subgoal=None`` (the flat protocol) leaves out the ``subgoal:`` line."""
     lines = [f"task: {task}"]
     if history:
         lines.append("last: " + " ; ".join(a for _, a in history))
     lines.append(f"obs: {_clean_observation(observation)}")
-    lines.append(f"subgoal: {subgoal}")
+    if subgoal is not None:
+        lines.append(f"subgoal: {subgoal}")
     lines.append("actions: " + " | ".join(a for a in admissible if a.strip().lower() != "help"))
     return "\n".join(lines)
 
@@ -292,31 +317,7 @@ def render_flat_prompt(
     and actions as :func:`render_prompt`, no sub-goal, and the think-then-act answer format of
     :mod:`hiper.protocol.flat`. ``current_subgoal`` is ignored (the flat protocol has none)."""
     del current_subgoal
-    if family not in FAMILIES:
-        raise ValueError(f"unknown prompt family {family!r}; known: {prompt_families()}")
-    fam = FAMILIES[family]
-    cfg = config or PromptConfig()
-    show = fam.render_observation or (lambda o, _t: o)
-    k = cfg.history_length
-    shown = [(show(o, task), a) for o, a in history[-k:]] if (k > 0 and step > 0) else []
-
-    def text(hist: Sequence[tuple[str, str]]) -> str:
-        parts = [fam.role, f"Task: {task}"]
-        if hist:
-            first = max(step - len(hist), 0)
-            lines = [f"You have taken {step} step(s) so far. The last {len(hist)} step(s):"]
-            for j, (obs, act) in enumerate(hist):
-                i = first + j + 1
-                lines.append(f"- Step {i} observation: {obs}\n  Step {i} action: {act}")
-            parts.append("\n".join(lines))
-        parts.append(f"Current observation (step {step + 1}): {show(observation, task)}")
-        parts.append(f"Available actions:\n{fam.render_actions(admissible)}")
-        return "\n\n".join([*parts, _FLAT_RULES, _FLAT_FORMAT])
-
-    out = text(shown)
-    if shown and cfg.max_chars is not None and len(out) > cfg.max_chars:
-        out = text([])
-    return out
+    return _render_turn(family, task, observation, admissible, None, history, step, config)
 
 
 def compact_flat_renderer(
@@ -332,12 +333,7 @@ def compact_flat_renderer(
 ) -> str:
     """:func:`compact_renderer` without the sub-goal line, for the flat protocol on CPU-sized models."""
     del family, current_subgoal, step
-    lines = [f"task: {task}"]
-    if history:
-        lines.append("last: " + " ; ".join(a for _, a in history))
-    lines.append(f"obs: {_clean_observation(observation)}")
-    lines.append("actions: " + " | ".join(a for a in admissible if a.strip().lower() != "help"))
-    return "\n".join(lines)
+    return _compact(task, observation, admissible, history, None)
 
 
 #: ``env.prompt`` config value -> renderer (``render_prompt``'s history trimming is configured by the caller).
