@@ -23,7 +23,7 @@ def tiny_config(estimator: str = "hae", **sections) -> dict:
                 "eval_episodes": 2, "prompt": "compact", "train_pool_size": 64},
         "model": {"tiny": {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1,
                            "num_attention_heads": 2, "num_key_value_heads": 1}, "tokenizer": "builtin"},
-        "critic": {"enabled": estimator in ("hae", "gae"), "lr": 1e-3, "cliprange_value": 0.5},
+        "critic": {"enabled": estimator in ("hae", "gae", "token_gae"), "lr": 1e-3, "cliprange_value": 0.5},
         "actor": {"lr": 1e-3, "kl_coef": 0.01, "entropy_coeff": 0.001, "mini_batch_size": 6, "micro_batch_size": 4,
                   "invalid_action_penalty_coef": 0.1},
         "rollout": {"temperature": 1.0, "max_new_tokens": 12, "eval_temperature": 0.0},
@@ -49,7 +49,7 @@ def _params(trainer: Trainer) -> dict[str, torch.Tensor]:
     return out
 
 
-@pytest.mark.parametrize("estimator", ["hae", "gae", "grpo", "rloo", "gigpo"])
+@pytest.mark.parametrize("estimator", ["hae", "gae", "token_gae", "grpo", "rloo", "gigpo"])
 def test_one_iteration_per_estimator(estimator: str, tokenizer) -> None:
     trainer = Trainer(tiny_config(estimator), tokenizer=tokenizer)
     metrics = trainer.iteration()
@@ -65,6 +65,11 @@ def test_one_iteration_per_estimator(estimator: str, tokenizer) -> None:
         assert "critic/value_loss_low" in metrics and math.isfinite(metrics["critic/value_loss_low"])
     elif estimator == "gae":
         assert set(targets.returns) == {"turn"}
+    elif estimator == "token_gae":  # one critic target per response token, trained on every response token
+        assert set(targets.returns) == {"token"}
+        assert targets.returns["token"].shape == batch.response_ids.shape
+        assert torch.equal(targets.value_mask["token"], batch.response_mask)
+        assert math.isfinite(metrics["critic/value_loss_token"])
     else:
         assert trainer.critic is None
     for key in ("time/generate", "time/env", "time/critic", "time/advantage", "time/update", "train/success",
@@ -202,7 +207,7 @@ def test_dict_config_goes_through_the_schema() -> None:
         Trainer({"actor": {"lr": -1.0}})
 
 
-@pytest.mark.parametrize("estimator", ["hae", "gae"])
+@pytest.mark.parametrize("estimator", ["hae", "gae", "token_gae"])
 def test_parallel_phases_are_bit_identical(estimator: str, tokenizer) -> None:
     """Reference log-probs with critic values, and the critic update with the actor update, on two threads give
     exactly the sequential result (trainer.parallel_phases)."""

@@ -675,3 +675,14 @@ def test_critic_heads_settings_without_verl() -> None:
     assert "critic.strategy=megatron" in msg
     three = {"critic": {"strategy": "fsdp", "model": {"override_config": {"num_labels": 3}}}}
     assert critic_problems(three, 3, "0.9.1") == [] and "set hiper.critic_heads=3" in critic_problems(three, 1)[0]
+
+
+def test_token_gae_is_sent_to_verls_own_gae() -> None:
+    """hiper's ``token_gae`` is verl's native ``gae`` on turn rows: the hiper trainer mode refuses it with that
+    pointer, and the row adapter refuses it instead of reading a per-token critic it does not have."""
+    from hiper.integrations.verl.trainer import unsupported_settings
+
+    problems = unsupported_settings({"algorithm": {"adv_estimator": "token_gae"}})
+    assert any("algorithm.adv_estimator=gae" in p for p in problems)
+    with pytest.raises(ValueError, match="verl's own"):
+        compute_row_advantages([], "token_gae")

@@ -6,15 +6,31 @@ Everything works on the padded trajectory layout ``[n_traj, T_max]`` with a left
 * ``hae(...) -> HAEResult``: Hierarchical Advantage Estimation (spec §3.3-§3.7), raw per-turn advantages/targets;
 * ``shape_rewards(...) -> ShapedRewards``: KEEP / invalid / KEEP-consistency shaping as logged terms (§3.2);
 * ``get(name)(AdvantageInputs, config) -> AdvantageOutput``: the trainer's uniform interface
-  (``"hae"``, ``"gae"``, ``"grpo"``, ``"rloo"``, ``"gigpo"``); ``register(name, ...)`` adds one;
+  (``"hae"``, ``"gae"``, ``"token_gae"``, ``"grpo"``, ``"rloo"``, ``"gigpo"``); ``register(name, ...)`` adds one;
 * ``to_token_level(...)`` / ``whiten(...)``: per-turn -> per-token advantages and loss mask (§3.8, §3.9);
 * ``pad_turns`` / ``unpad`` / ``turn_mask_from_index``: flat turn samples <-> padded layout.
 
 The slow per-turn reference loops used by tests and benchmarks live in ``hiper.advantage.reference``.
 """
 
-from hiper.advantage.baselines import episode_group_advantage, gigpo, grpo, returns_to_go, rloo, turn_gae
-from hiper.advantage.config import GAEConfig, GiGPOConfig, GRPOConfig, HAEConfig, RLOOConfig, ShapingConfig
+from hiper.advantage.baselines import (
+    episode_group_advantage,
+    gigpo,
+    grpo,
+    returns_to_go,
+    rloo,
+    token_gae,
+    turn_gae,
+)
+from hiper.advantage.config import (
+    GAEConfig,
+    GiGPOConfig,
+    GRPOConfig,
+    HAEConfig,
+    RLOOConfig,
+    ShapingConfig,
+    TokenGAEConfig,
+)
 from hiper.advantage.hae import HAEResult, hae
 from hiper.advantage.layout import pad_turns, turn_mask_from_index, unpad
 from hiper.advantage.registry import (
@@ -43,6 +59,7 @@ __all__ = [
     "RLOOConfig",
     "ShapedRewards",
     "ShapingConfig",
+    "TokenGAEConfig",
     "available",
     "episode_group_advantage",
     "get",
@@ -55,6 +72,7 @@ __all__ = [
     "rloo",
     "shape_rewards",
     "to_token_level",
+    "token_gae",
     "turn_gae",
     "turn_mask_from_index",
     "unpad",

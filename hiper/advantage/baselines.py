@@ -1,4 +1,5 @@
-"""Flat baselines on the padded layout ``[N, T]`` (spec §4.3): turn-level GAE, GRPO, RLOO, GiGPO.
+"""Flat baselines on the padded layout ``[N, T]`` (spec §4.3): turn-level GAE, GRPO, RLOO, GiGPO, and token-level GAE
+(``[N, T, L]``: one value per response token).
 
 All take already-shaped rewards (``shape_rewards``) and are vectorised: group statistics are ``index_add_``
 scatters over ``torch.unique`` group ids, returns-to-go are one reverse linear recurrence over T.
@@ -8,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from hiper.advantage.config import GAEConfig, GiGPOConfig, GRPOConfig
+from hiper.advantage.config import GAEConfig, GiGPOConfig, GRPOConfig, TokenGAEConfig
 from hiper.advantage.hae import linear_recurrence_reverse
 from hiper.advantage.layout import check_dones, check_turn_tensors, last_turn_mask
 
@@ -45,6 +46,45 @@ def turn_gae(
     chain = (config.gamma * config.lam) * not_done * (valid & ~last).to(rewards.dtype)
     adv = linear_recurrence_reverse(delta, chain)
     return adv, torch.where(valid, adv + v, zeros)
+
+
+def token_gae(
+    scores: Tensor, v_token: Tensor, token_mask: Tensor, config: TokenGAEConfig
+) -> tuple[Tensor, Tensor]:
+    """Token-level GAE inside each turn (verl's ``compute_gae_advantage_return`` on verl-agent's turn samples).
+
+    Each turn ``(n, t)`` is its own sequence of response tokens ``j``: the reward is ``scores[n, t]`` on the last
+    valid token and 0 elsewhere; ``delta_j = r_j + g V_{j+1} - V_j`` with ``V`` after the last token = 0;
+    ``A_j = delta_j + g lam A_{j+1}``. No credit crosses turns: that is what the score (the episode's return on
+    every turn) is for.
+
+    Args:
+        scores: ``[N, T]`` float per-turn scores (``turn_credit_scores``).
+        v_token: ``[N, T, L]`` float critic value before each response token.
+        token_mask: ``[N, T, L]`` bool response tokens, right-padded (a turn's tokens are a prefix of ``L``);
+            all False on padded turns.
+
+    Returns:
+        ``(adv, ret)`` raw advantages and critic targets ``A + V``, ``[N, T, L]``, 0 off the mask.
+    """
+    if v_token.dim() != 3 or v_token.shape[:2] != scores.shape or token_mask.shape != v_token.shape:
+        raise ValueError(f"token_gae needs scores [N, T] and v_token / token_mask [N, T, L] alike; got "
+                         f"{tuple(scores.shape)}, {tuple(v_token.shape)}, {tuple(token_mask.shape)}")
+    if token_mask.dtype != torch.bool:
+        raise ValueError("token_mask must be bool")
+    zeros = torch.zeros_like(v_token)
+    v = torch.where(token_mask, v_token, zeros)
+    next_valid = torch.zeros_like(token_mask)
+    next_valid[..., :-1] = token_mask[..., 1:]
+    last = token_mask & ~next_valid  # the last response token of each turn
+    r = torch.where(last, scores.unsqueeze(-1).expand_as(v), zeros)
+    v_next = torch.zeros_like(v)
+    v_next[..., :-1] = v[..., 1:]
+    v_next = torch.where(next_valid, v_next, zeros)
+    delta = torch.where(token_mask, r + config.gamma * v_next - v, zeros)
+    chain = (config.gamma * config.lam) * next_valid.to(v.dtype)
+    adv = linear_recurrence_reverse(delta, chain)
+    return adv, torch.where(token_mask, adv + v, zeros)
 
 
 def returns_to_go(rewards: Tensor, turn_mask: Tensor, gamma: float) -> Tensor:

@@ -182,6 +182,30 @@ class GAEConfig(ShapingConfig):
 
 
 @dataclass(kw_only=True)
+class TokenGAEConfig(ShapingConfig):
+    """Token-level GAE inside each turn: the paper's PPO baseline (verl-agent ``adv_estimator=gae``, spec §4.3).
+
+    Every turn is its own sequence: its score (the trajectory's env return plus the turn's own penalties, official
+    ``ray_trainer.py:204-224`` and ``reward_manager/episode.py:72-79``) sits on the turn's last response token, the
+    critic gives one value per response token, and verl's ``compute_gae_advantage_return`` runs over the tokens with
+    ``V`` after the last token = 0. ``gamma`` and ``lam`` are per **token** (verl's ``algorithm.gamma``/``lam``),
+    not per turn, so they are this section's own keys rather than ``algorithm.gamma``/``lam``.
+    """
+
+    keep_penalty_mode: str = setting("fixed", "spread of kappa (see HAEConfig); the baselines charge each KEEP turn",
+                                     "spec §4.3")
+    gamma: float = setting(1.0, "discount per response token, in (0, 1]", "verl algorithm.gamma default 1.0")
+    lam: float = setting(1.0, "GAE lambda per response token, in [0, 1]", "verl algorithm.lam default 1.0")
+    norm_adv: bool = setting(True, "whiten the advantages over every trained token of the batch",
+                             "verl compute_gae_advantage_return: masked_whiten")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check_unit(self, "gamma", open_low=True)
+        _check_unit(self, "lam")
+
+
+@dataclass(kw_only=True)
 class GRPOConfig(ShapingConfig):
     """GRPO: group-normalised episode return (spec §4.3).
 

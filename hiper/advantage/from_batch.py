@@ -42,8 +42,8 @@ def advantage_inputs(
     Args:
         batch: the rollout's turn batch.
         values: per-row critic values by head (``low``, ``high``, ``term``, ``turn``, and ``low_keep`` =
-            V^low(s_t, o_{t-1}) in paper switch mode; each ``[N]``, value-head units, i.e. scaled rewards), or None
-            for critic-free estimators.
+            V^low(s_t, o_{t-1}) in paper switch mode; each ``[N]``, value-head units, i.e. scaled rewards; ``token``
+            ``[N, L]`` for a per-token critic), or None for critic-free estimators.
         reward_scale: multiplies the env rewards.
         beta: ``[N]`` P(SWITCH | s_t, o_{t-1}) from the actor (paper switch mode), else None.
 
@@ -72,11 +72,16 @@ def advantage_inputs(
         state_id=to_turns(batch, state_ids, -1),
         has_subgoal_span=to_turns(batch, batch.subgoal_mask.any(1), False),
         has_switch_span=to_turns(batch, batch.switch_mask.any(1), False),
+        v_token=head("token"),
+        token_mask=to_turns(batch, batch.response_mask, False) if values is not None and "token" in values else None,
     )
 
 
 def token_advantages(batch: TurnBatch, out: AdvantageOutput) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
     """Broadcast an estimator's per-turn output (padded ``[n_traj, T_max]``) to the tokens of ``batch``'s rows.
+
+    A token-level estimator (``out.extras["token_adv"]``, ``[n_traj, T_max, L]``) gives each token its own
+    advantage; the loss mask is then the same union of the role spans, so every estimator trains the same tokens.
 
     Returns:
         ``(token_adv [N, L] float, loss_mask [N, L] bool, per_row)`` where ``per_row`` holds the row-level
@@ -92,6 +97,9 @@ def token_advantages(batch: TurnBatch, out: AdvantageOutput) -> tuple[Tensor, Te
         per_row["action"], per_row["subgoal"], per_row["switch"], per_row["subgoal_in_loss"],
         batch.action_mask, batch.subgoal_mask, batch.switch_mask, batch.response_mask,
     )  # fmt: skip
+    if "token_adv" in out.extras:
+        per_token = to_rows(batch, out.extras["token_adv"]).float()
+        token_adv = torch.where(loss_mask, per_token, torch.zeros_like(per_token))
     return token_adv, loss_mask, per_row
 
 

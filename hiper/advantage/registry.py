@@ -13,8 +13,24 @@ from typing import Any
 
 import torch
 
-from hiper.advantage.baselines import gigpo, grpo, rloo, turn_credit_scores, turn_gae, turn_group_advantage
-from hiper.advantage.config import GAEConfig, GiGPOConfig, GRPOConfig, HAEConfig, RLOOConfig, ShapingConfig
+from hiper.advantage.baselines import (
+    gigpo,
+    grpo,
+    rloo,
+    token_gae,
+    turn_credit_scores,
+    turn_gae,
+    turn_group_advantage,
+)
+from hiper.advantage.config import (
+    GAEConfig,
+    GiGPOConfig,
+    GRPOConfig,
+    HAEConfig,
+    RLOOConfig,
+    ShapingConfig,
+    TokenGAEConfig,
+)
 from hiper.advantage.hae import hae
 from hiper.advantage.layout import check_turn_tensors
 from hiper.advantage.shaping import ShapedRewards, shape_rewards
@@ -23,7 +39,7 @@ from hiper.advantage.token import whiten
 Tensor = torch.Tensor
 
 #: value head -> the ``AdvantageInputs`` field holding its per-turn values
-HEAD_INPUTS = {"low": "v_low", "high": "v_high", "term": "v_term", "turn": "v_turn"}
+HEAD_INPUTS = {"low": "v_low", "high": "v_high", "term": "v_term", "turn": "v_turn", "token": "v_token"}
 
 
 @dataclass
@@ -39,6 +55,8 @@ class AdvantageInputs:
         valid: bool format validity (for the invalid penalty).
         keep_inconsistent: bool, KEEP turn whose subgoal differs from the previous one (from the protocol).
         v_low, v_high, v_term: float critic values of the HAE heads (spec §3.4); v_turn: flat GAE's value.
+        v_token: ``[N, T, L]`` float, the critic's value before each response token (token-level GAE), with
+            token_mask: ``[N, T, L]`` bool, the response tokens of each turn (right-padded).
         group: ``[N]`` long group id (grouped resets; GRPO / RLOO / GiGPO).
         state_id: long anchor-state id per turn (GiGPO; e.g. a hash of the exact observation text).
         beta: float P(SWITCH | s_t, o_{t-1}); v_low_keep: float V^low(s_t, o_{t-1}) (HAE paper switch mode).
@@ -62,6 +80,8 @@ class AdvantageInputs:
     v_low_keep: Tensor | None = None
     has_subgoal_span: Tensor | None = None
     has_switch_span: Tensor | None = None
+    v_token: Tensor | None = None
+    token_mask: Tensor | None = None
 
 
 @dataclass
@@ -78,7 +98,9 @@ class AdvantageOutput:
             every turn).
         shaped_rewards: the shaping stage's output (shaped total and each term).
         metrics: scalar logs (advantage stats per role, before whitening; switch rate; segment length; shaping).
-        extras: estimator-specific tensors (HAE: ``boundary``, ``segment_id`` and the raw advantages).
+        extras: estimator-specific tensors (HAE: ``boundary``, ``segment_id`` and the raw advantages; token-level
+            estimators: ``token_adv`` ``[N, T, L]``, the advantage of each response token, which the trainer uses
+            instead of broadcasting the per-role ones).
     """
 
     adv_action: Tensor
@@ -374,6 +396,35 @@ def _gae_estimator(inputs: AdvantageInputs, config: GAEConfig) -> AdvantageOutpu
     if config.norm_adv:
         adv = whiten(adv, inputs.turn_mask)
     return _flat_output(inputs, shaped, adv, metrics, returns={"turn": ret})
+
+
+@register("token_gae", config_cls=TokenGAEConfig, needs_critic=True, heads=("token",))
+def _token_gae_estimator(inputs: AdvantageInputs, config: TokenGAEConfig) -> AdvantageOutput:
+    """The paper's PPO baseline (verl-agent ``gae``): token-level GAE inside each turn, every turn scored with its
+    trajectory's env return plus its own penalties, whitened over every response token of the batch."""
+    _check_common(inputs)
+    assert inputs.v_token is not None
+    if inputs.token_mask is None:
+        raise ValueError("estimator 'token_gae' needs inputs.token_mask (the response tokens of each turn)")
+    mask = inputs.turn_mask
+    tokens = inputs.token_mask & mask.unsqueeze(-1)
+    if not bool(torch.isfinite(torch.where(tokens, inputs.v_token, 0.0)).all()):
+        raise ValueError("v_token has non-finite values on response tokens")
+    shaped = _shape(inputs, config)
+    scores = turn_credit_scores(inputs.rewards, shaped.total, mask)
+    adv, ret = token_gae(scores, inputs.v_token, tokens, config)
+    metrics = _common_metrics(inputs, shaped)
+    metrics.update(_stats_many({"adv/raw": (adv, tokens), "returns/token": (ret, tokens)}))
+    if config.norm_adv:
+        adv = whiten(adv, tokens)
+    # one number per turn for the per-role logs: the mean advantage of its tokens
+    n_tok = tokens.sum(-1)
+    per_turn = torch.where(mask, (adv * tokens).sum(-1) / n_tok.clamp_min(1), torch.zeros_like(scores))
+    return AdvantageOutput(
+        adv_action=per_turn, adv_subgoal=per_turn, adv_switch=per_turn, subgoal_in_loss=mask.clone(),
+        returns={"token": ret}, value_mask={"token": tokens}, shaped_rewards=shaped, metrics=metrics,
+        extras={"token_adv": adv},
+    )  # fmt: skip
 
 
 @register("grpo", config_cls=GRPOConfig, needs_group=True)

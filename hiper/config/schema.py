@@ -18,7 +18,15 @@ import operator
 from dataclasses import dataclass
 from typing import Any
 
-from hiper.advantage import GAEConfig, GiGPOConfig, GRPOConfig, HAEConfig, RLOOConfig, ShapingConfig
+from hiper.advantage import (
+    GAEConfig,
+    GiGPOConfig,
+    GRPOConfig,
+    HAEConfig,
+    RLOOConfig,
+    ShapingConfig,
+    TokenGAEConfig,
+)
 from hiper.advantage import get as get_estimator
 from hiper.losses import PPOLossConfig
 from hiper.settings import set_by, setting
@@ -153,12 +161,14 @@ class AlgorithmConfig:
     """Advantage estimation: the estimator and its config section (``algorithm.<name>``)."""
 
     adv_estimator: str = setting("hae", "advantage estimator from the hiper.advantage registry "
-                                 "(hae, gae, grpo, rloo, gigpo)", "spec §3, §4.3")
+                                 "(hae, gae, token_gae, grpo, rloo, gigpo)", "spec §3, §4.3")
     gamma: float = setting(1.0, "per-turn discount of hae and gae", "paper 1.0 (spec §4.1)")
     lam: float = setting(1.0, "lambda of the within-segment (hae) / turn (gae) GAE", "paper 1.0 (spec §4.1)")
     reward_scale: float = setting(1.0, "multiplies the env reward", "paper 1.0; spec §7.1 Mode C suggests 0.1")
     hae: HAEConfig = setting(help="HAE and its reward shaping", source="spec §3", factory=HAEConfig)
-    gae: GAEConfig = setting(help="flat turn-level GAE (PPO)", source="spec §4.3", factory=GAEConfig)
+    gae: GAEConfig = setting(help="flat turn-level GAE (PPO, official turn_gae)", source="spec §4.3", factory=GAEConfig)
+    token_gae: TokenGAEConfig = setting(help="token-level GAE inside each turn (the paper's PPO, verl-agent gae)",
+                                        source="spec §4.3", factory=TokenGAEConfig)
     grpo: GRPOConfig = setting(help="GRPO", source="spec §4.3", factory=GRPOConfig)
     rloo: RLOOConfig = setting(help="RLOO", source="spec §4.3", factory=RLOOConfig)
     gigpo: GiGPOConfig = setting(help="GiGPO", source="spec §4.3", factory=GiGPOConfig)

@@ -246,7 +246,7 @@ def _check_algorithm(cfg: HiperConfig) -> None:
     if est.needs_switch and env.prompt in PROMPT_PROTOCOL:
         _check(PROMPT_PROTOCOL[env.prompt] == "plan_execute", f"algorithm.adv_estimator={alg.adv_estimator} needs "
                f"the Plan-Execute answer (switch and subgoal); env.prompt={env.prompt} asks for a flat one: use "
-               "env.prompt=default|compact, or a flat estimator (gae, grpo, rloo, gigpo)")
+               "env.prompt=default|compact, or a flat estimator (gae, token_gae, grpo, rloo, gigpo)")
     if est.needs_group:
         _check(env.group_size >= 2, f"algorithm.adv_estimator={alg.adv_estimator} compares rollouts of the same "
                "task: set env.group_size=8 (any value >= 2) or choose algorithm.adv_estimator=hae|gae")

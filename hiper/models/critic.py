@@ -8,7 +8,9 @@ Channels (the official code's map): 0 = ``low``, 1 = ``high``, 2 = ``term``. Wit
 * ``low`` is read at input position ``P + v_low_pos - 1`` (response position ``v_low_pos`` from
   :func:`hiper.protocol.spans.token_spans`: the first token after ``</subgoal>``), ``V(s_t, o_t)``.
 
-A one-head critic exposes a single ``turn`` value read at ``P - 1`` (turn-level PPO / GAE baseline).
+A one-head critic exposes a single ``turn`` value read at ``P - 1`` (turn-level PPO / GAE baseline), or, as a
+``token`` critic (token-level GAE, verl's critic), the value before every response token: input positions
+``P - 1 .. P + L - 2`` (verl reads ``values[:, -L - 1 : -1]``).
 
 Paper switch mode (spec §7.1 Mode B) also needs ``V^low(s_t, o_{t-1})``: the low head on the KEEP continuation
 ``<switch>KEEP</switch>\n<subgoal>{o_{t-1}}</subgoal>\n`` of the same prompt. ``read_values(..., keep_ids=...)``
@@ -38,8 +40,13 @@ from hiper.rollout.hf import cache_keyword
 HEAD_CHANNELS = {"low": 0, "high": 1, "term": 2}
 
 
-def head_names(n_heads: int) -> tuple[str, ...]:
-    """The value heads a critic with ``n_heads`` channels provides (1 -> turn; 2 -> low, high; 3 -> +term)."""
+def head_names(n_heads: int, per_token: bool = False) -> tuple[str, ...]:
+    """The value heads a critic with ``n_heads`` channels provides (1 -> turn, or token when ``per_token``;
+    2 -> low, high; 3 -> +term)."""
+    if per_token:
+        if n_heads != 1:
+            raise ValueError(f"a per-token critic has one channel, got {n_heads}")
+        return ("token",)
     if n_heads == 1:
         return ("turn",)
     if n_heads == 2:
@@ -103,10 +110,12 @@ def continue_from_prompt(
 class ValueModel(nn.Module):
     """Backbone + value head. ``shared=True`` detaches the backbone's hidden states (head-only training)."""
 
-    def __init__(self, backbone: nn.Module, hidden_size: int, n_heads: int, shared: bool = False) -> None:
+    def __init__(self, backbone: nn.Module, hidden_size: int, n_heads: int, shared: bool = False,
+                 per_token: bool = False) -> None:
         super().__init__()
-        self.heads = head_names(n_heads)
+        self.heads = head_names(n_heads, per_token)
         self.n_heads = n_heads
+        self.per_token = per_token
         self.shared = shared
         if shared:
             # keep the policy's backbone out of this module's parameters (and state_dict/optimizer)
@@ -136,7 +145,8 @@ class ValueModel(nn.Module):
         keep_ids: Tensor | None = None,
         keep_mask: Tensor | None = None,
     ) -> dict[str, Tensor]:
-        """Values ``{head: [B]}`` at the read positions (see the module docstring).
+        """Values ``{head: [B]}`` at the read positions (see the module docstring); a per-token critic returns
+        ``{"token": [B, L]}``, the value before each response token (padding positions hold garbage: mask them).
 
         ``input_ids``/``attention_mask`` are ``[B, P + L]`` with ``P = prompt_width``; ``v_low_pos`` is
         ``[B]`` long, response positions in ``[0, L)``. With ``keep_ids``/``keep_mask`` (``[B, K]``, right-padded
@@ -160,8 +170,12 @@ class ValueModel(nn.Module):
         if self.shared:
             h = h.detach()
         batch = torch.arange(input_ids.shape[0], device=input_ids.device)
-        pre = h[:, prompt_width - 1]  # [B, H] state after the prompt
         out: dict[str, Tensor] = {}
+        if self.per_token:
+            states = h[:, prompt_width - 1 : input_ids.shape[1] - 1]  # [B, L, H]: before each response token
+            out["token"] = self.value_head(states.to(self.value_head.weight.dtype)).float()[..., 0]
+            return out
+        pre = h[:, prompt_width - 1]  # [B, H] state after the prompt
         pre_values = self.value_head(pre.to(self.value_head.weight.dtype)).float()  # [B, n_heads]
         if self.n_heads == 1:
             out["turn"] = pre_values[:, 0]
@@ -183,20 +197,22 @@ class ValueModel(nn.Module):
 
 def build_critic(critic_cfg: CriticConfig, policy: nn.Module, heads: tuple[str, ...]) -> ValueModel:
     """Build the critic from the ``critic`` config section with the value ``heads`` the estimator reads
-    (``hiper.config.critic_heads``: ``("turn",)``, ``("low", "high")`` or ``("low", "high", "term")``).
+    (``hiper.config.critic_heads``: ``("turn",)``, ``("token",)``, ``("low", "high")`` or
+    ``("low", "high", "term")``).
 
     ``mode="separate"``: backbone from ``path`` (``AutoModel``) or, when ``path`` is null, a copy of the
     policy's backbone (the official setup initialises the critic from the same checkpoint as the actor).
     ``mode="shared"``: heads on the policy's own backbone.
     """
     n_heads = len(heads)
-    if head_names(n_heads) != tuple(heads):
+    per_token = tuple(heads) == ("token",)
+    if head_names(n_heads, per_token) != tuple(heads):
         raise ValueError(f"a critic provides the heads {head_names(n_heads)} with {n_heads} channels, not {heads}")
     mode = critic_cfg.mode
     decoder, _ = backbone_and_head(policy)
     hidden = int(decoder.config.hidden_size)
     if mode == "shared":
-        return ValueModel(decoder, hidden, n_heads, shared=True)
+        return ValueModel(decoder, hidden, n_heads, shared=True, per_token=per_token)
     if mode != "separate":
         raise ValueError(f"critic.mode must be 'separate' or 'shared', got {mode!r}")
     path = critic_cfg.path
@@ -212,4 +228,4 @@ def build_critic(critic_cfg: CriticConfig, policy: nn.Module, heads: tuple[str, 
         for p in backbone.parameters():
             p.requires_grad_(True)
     backbone.config.use_cache = False
-    return ValueModel(backbone, hidden, n_heads, shared=False)
+    return ValueModel(backbone, hidden, n_heads, shared=False, per_token=per_token)

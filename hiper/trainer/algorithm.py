@@ -66,7 +66,7 @@ class Learner:
 @dataclass(frozen=True)
 class Targets:
     """Per-row results of the advantage stage: ``advantages``/``loss_mask`` ``[N, L]`` (token level),
-    ``returns``/``value_mask`` ``{head: [N]}`` (critic targets), ``turn_advantages`` ``{role: [N]}`` (raw, before
+    ``returns``/``value_mask`` ``{head: [N]}`` (critic targets; ``[N, L]`` for the per-token head), ``turn_advantages`` ``{role: [N]}`` (raw, before
     whitening; HAE only), ``shaping`` ``{"total" | term: [N]}`` (the shaped reward and each shaping term)."""
 
     advantages: Tensor
@@ -248,12 +248,13 @@ def critic_minibatches(cfg: HiperConfig, n: int, epochs: int, gen: torch.Generat
 
 def update_critic(cfg: HiperConfig, learner: Learner, batch: TurnBatch, scores: Scores, targets: Targets,
                   epochs: list[list[Tensor]]) -> dict[str, float]:
-    """Clipped value loss per head at its read positions; one pass per PPO epoch over mini-batches (token-free:
-    one value per row and head), each head's loss averaged over its trained rows of the mini-batch."""
+    """Clipped value loss per head at its read positions; one pass per PPO epoch over mini-batches (one value per
+    row and head, or per response token for the ``token`` head), each head's loss averaged over its trained rows
+    (tokens) of the mini-batch."""
     critic, opt, device = learner.critic, learner.critic_opt, learner.device
     assert critic is not None and opt is not None
     ccfg = cfg.critic
-    coefs = {"low": 1.0, "turn": 1.0, "high": ccfg.high_value_coef, "term": ccfg.term_value_coef}
+    coefs = {"low": 1.0, "turn": 1.0, "token": 1.0, "high": ccfg.high_value_coef, "term": ccfg.term_value_coef}
     params = critic.trainable_parameters()
     heads = [h for h in critic.heads if h in targets.returns and h in targets.value_mask]
     sums = {h: 0.0 for h in heads}
@@ -269,14 +270,15 @@ def update_critic(cfg: HiperConfig, learner: Learner, batch: TurnBatch, scores: 
                 ids, mask = mb.input_ids()
                 vals = critic.read_values(ids.to(device), mask.to(device), mb.prompt_width, mb.v_low_pos.to(device))
                 loss = torch.zeros((), device=device)
+                width = mb.response_width  # a per-token head's targets are [N, L]: cut to the micro-batch's width
                 for h in heads:
                     if n_head[h] == 0:
                         continue
-                    v_mask = targets.value_mask[h][rows].to(device)
+                    v_mask = take(targets.value_mask[h], rows, width).to(device)
                     # ALGO clipped value loss of head h (spec §3.12)
-                    vl, _ = losses.value_loss_terms(vals[h].float(), scores.values[h][rows].to(device),
-                                                    targets.returns[h][rows].to(device), v_mask, ccfg.cliprange_value,
-                                                    scale=ccfg.loss_scale)
+                    vl, _ = losses.value_loss_terms(vals[h].float(), take(scores.values[h], rows, width).to(device),
+                                                    take(targets.returns[h], rows, width).to(device), v_mask,
+                                                    ccfg.cliprange_value, scale=ccfg.loss_scale)
                     loss = loss + coefs[h] * vl / n_head[h]
                     sums[h] += float(vl.detach())
                     counts[h] += int(v_mask.sum())

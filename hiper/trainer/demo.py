@@ -76,10 +76,11 @@ def format_table(before: Mapping[str, Any], after: Mapping[str, Any], after_labe
     rows += [(f"  {t}", f"eval/success/{t}") for t in types]
     rows += [("episode length", "eval/episode_length"), ("invalid-format rate", "eval/invalid_rate"),
              ("switch rate", "eval/switch_rate"), ("inadmissible rate", "eval/inadmissible_rate")]
-    lines = [f"{'held-out (valid_seen)':<26}{'SFT only':>10}{after_label:>16}", "-" * 52]
+    w = max(16, len(after_label) + 2)  # a long estimator name widens the column instead of running into the next
+    lines = [f"{'held-out (valid_seen)':<26}{'SFT only':>10}{after_label:>{w}}", "-" * (36 + w)]
     for name, key in rows:
         b, a = before.get(key, float("nan")), after.get(key, float("nan"))
-        lines.append(f"{name:<26}{b:>10.3f}{a:>16.3f}")
+        lines.append(f"{name:<26}{b:>10.3f}{a:>{w}.3f}")
     return "\n".join(lines)
 
 

@@ -26,7 +26,7 @@ class Scores:
         old_logprobs: ``[N, L]`` the behaviour policy's log-probs of the response tokens (PPO's old log-probs).
         ref_logprobs: ``[N, L]`` the frozen reference's log-probs (None without a KL term).
         values: ``{head: [N]}`` critic values at the heads' read positions (empty without a critic); in paper switch
-            mode also ``low_keep`` = V^low(s_t, o_{t-1}).
+            mode also ``low_keep`` = V^low(s_t, o_{t-1}); a per-token critic gives ``{"token": [N, L]}``.
         beta: ``[N]`` P(SWITCH | s_t, o_{t-1}) under the policy (paper switch mode only, else None).
     """
 
@@ -54,14 +54,16 @@ def logprobs(batch: TurnBatch, model: nn.Module, micro_batch_size: int, temperat
 
 @torch.no_grad()
 def values(batch: TurnBatch, critic: ValueModel, micro_batch_size: int, device: torch.device) -> dict[str, Tensor]:
-    """Critic values ``{head: [N]}`` at the read positions (no grad).
+    """Critic values ``{head: [N]}`` at the read positions (no grad); ``{"token": [N, L]}`` for a per-token critic
+    (0 past each row's response).
 
     When the batch carries KEEP continuations (paper switch mode, :meth:`TurnBatch.with_keep_continuations`) the
     result also has ``low_keep`` = V^low(s_t, o_{t-1}), computed in the same micro-batch forward.
     """
     with_keep = batch.keep_ids is not None
     heads = list(critic.heads) + (["low_keep"] if with_keep else [])
-    out: dict[str, Tensor] = {h: torch.zeros(len(batch)) for h in heads}
+    out: dict[str, Tensor] = {h: torch.zeros(batch.response_ids.shape if h == "token" else (len(batch),))
+                              for h in heads}
     order = torch.argsort(batch.n_tokens(), stable=True)
     for start in range(0, len(order), micro_batch_size):
         rows = order[start : start + micro_batch_size]
@@ -73,7 +75,10 @@ def values(batch: TurnBatch, critic: ValueModel, micro_batch_size: int, device: 
             keep = {"keep_ids": mb.keep_ids.to(device), "keep_mask": mb.keep_mask.long().to(device)}
         vals = critic.read_values(ids.to(device), mask.to(device), mb.prompt_width, mb.v_low_pos.to(device), **keep)
         for h, v in vals.items():
-            out[h][rows] = v.float().cpu()
+            if v.dim() == 2:  # per token: the micro-batch's response width, masked to each row's response
+                out[h][rows, : v.shape[1]] = (v.float() * mb.response_mask.to(v.device)).cpu()
+            else:
+                out[h][rows] = v.float().cpu()
     return out
 
 

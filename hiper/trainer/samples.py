@@ -15,6 +15,8 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+from torch import Tensor
+
 from hiper.rollout.records import Trajectory, TurnRecord
 from hiper.trainer.algorithm import IterationResult
 
@@ -44,6 +46,12 @@ def episode_record(traj: Trajectory, *, source: str, iteration: int, env: str) -
             "n_segments": segment + 1, "turns": turns}
 
 
+def _first(x: Tensor, row: int) -> float:
+    """Row ``row`` of a per-row tensor ``[N]``, or its first column for a per-token one ``[N, L]``."""
+    v = x[row]
+    return float(v if v.dim() == 0 else v[0])
+
+
 def iteration_records(result: IterationResult, tokenizer: Any, *, n: int, iteration: int, env: str,
                       seed: int) -> list[dict[str, Any]]:
     """``n`` episodes of an iteration (a seeded sample) with their values, advantages and token credit."""
@@ -62,8 +70,10 @@ def iteration_records(result: IterationResult, tokenizer: Any, *, n: int, iterat
             roles = [next((role for role in ROLES if bool(getattr(batch, f"{role}_mask")[r, j])), "")
                      for j in range(len(ids))]
             turn.update({
-                "values": {h: float(v[r]) for h, v in scores.values.items()},
-                "returns": {h: float(v[r]) for h, v in targets.returns.items() if bool(targets.value_mask[h][r])},
+                # a per-token head ([N, L]) is shown by its value / target before the first response token
+                "values": {h: _first(v, r) for h, v in scores.values.items()},
+                "returns": {h: _first(v, r) for h, v in targets.returns.items()
+                            if bool(_first(targets.value_mask[h], r))},
                 "advantages": {role: float(v[r]) for role, v in targets.turn_advantages.items()},
                 "shaping": {k: float(v[r]) for k, v in targets.shaping.items()},
                 "beta": None if scores.beta is None else float(scores.beta[r]),

@@ -40,7 +40,7 @@ from hiper.config.schema import estimator_config as hiper_estimator_config
 from hiper.integrations.verl.convert import RowIndex, VerlRows, rows_to_turn_batch
 
 HEADS = ("low", "high", "term")
-#: hiper's estimator sections of the run config's ``algorithm`` (hae, gae, grpo, rloo, gigpo)
+#: hiper's estimator sections of the run config's ``algorithm`` (hae, gae, token_gae, grpo, rloo, gigpo)
 SECTION_NAMES = tuple(f.name for f in fields(AlgorithmConfig) if is_dataclass(f.default_factory))
 CHANNELS = {"low": 0, "high": 1, "term": 2}
 
@@ -112,7 +112,8 @@ def compute_row_advantages(
 
     Args:
         rows: the batch's rows (any order, padding rows allowed).
-        estimator: ``hae``, ``gae``, ``grpo``, ``rloo`` or ``gigpo`` (``hiper.advantage.available()``).
+        estimator: ``hae``, ``gae``, ``grpo``, ``rloo`` or ``gigpo`` (``hiper.advantage.available()``; not
+            ``token_gae``: that is verl's own ``gae``).
         config: the estimator's config dataclass (None = its defaults).
         reward_scale: multiplies ``turn_reward`` (hiper ``algorithm.reward_scale``).
         critic_heads: 1 (single head, position-read) or 3 (see the module docstring).
@@ -124,6 +125,9 @@ def compute_row_advantages(
     ``weight = coef * n_rows / n_head_rows`` on the head's rows (``n_rows`` counts padding rows, because verl
     normalises by the global mini-batch size, padding included).
     """
+    if estimator == "token_gae":
+        raise ValueError("token_gae is verl's own algorithm.adv_estimator=gae (token-level GAE on turn rows); "
+                         "hiper's verl path computes turn-level estimators only")
     batch, index = rows_to_turn_batch(rows, pad_token_id=pad_token_id)
     est = advantage.get(estimator)
     heads = est.heads_for(config)

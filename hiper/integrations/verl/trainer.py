@@ -125,6 +125,9 @@ def unsupported_settings(config: Any) -> list[str]:
     if get(distillation, "enabled"):
         problems.append("distillation (its actor loss would be replaced by hae_ppo_loss)")
     estimator = get(algorithm, "adv_estimator") or "hae"
+    if str(estimator) == "token_gae":  # verl's own estimator already is verl-agent's token-level PPO
+        problems.append("algorithm.adv_estimator=token_gae (it is verl's own token-level GAE: run "
+                        "algorithm.adv_estimator=gae on verl's default trainer with a turn-level episode reward)")
     if str(estimator) == "hae" and str(get(get(algorithm, "hae"), "switch_mode") or "code") == "paper":
         problems.append(PAPER_SWITCH_MESSAGE)
     return problems
