@@ -7,6 +7,11 @@ an arm whose folder holds ``arm.json`` with status ``ok`` is not run again; a fa
 
     hiper compare -o runs/cmp --estimators hae,gae,grpo --seeds 0,1,2 --jobs 2 trainer.total_iterations=40
 
+``--shared-sft`` runs the SFT warm start once per (prompt, seed) (``hiper sft`` into ``OUT/sft-<prompt>-s<seed>/``)
+and starts every arm of that prompt and seed from it (``model.path=...``, ``sft.enabled=false``): the estimators are
+then compared from the very same policy (a paired comparison; their iteration-0 evaluations are identical), and the
+grid pays for SFT once per prompt and seed instead of once per arm.
+
 Output in ``OUT``: ``results.json`` (every arm with its status, eval curve and summary; one row per
 estimator x prompt over seeds), ``results.md`` (the table) and ``curves.png`` (held-out success per arm group, mean
 and min-max band over seeds). Per arm: final held-out success with a 95 % Wilson interval, the area under the
@@ -37,6 +42,7 @@ from hiper.protocol.prompts import PROMPT_PROTOCOL, RENDERERS
 from hiper.trainer.logging import read_metrics
 
 ARM_FILE = "arm.json"
+SFT_FILE = "sft.json"
 
 
 @dataclass
@@ -88,16 +94,51 @@ def read_curve(folder: Path) -> list[tuple[int, float]]:
     return sorted((int(r["step"]), float(r["eval/success"])) for r in read_metrics(path) if "eval/success" in r)
 
 
-def run_arm(arm: Arm, base: list[str], config: str | None, eval_episodes: int, group_size: int) -> Arm:
-    """Train one arm (``hiper train`` in its own process) unless it finished before; record how it went."""
+def warm_start_overrides(policy: Path) -> list[str]:
+    """Start an arm from a saved SFT policy folder instead of running SFT in it."""
+    return [f"model.path={policy}", "model.tiny=null", "model.tokenizer=null", "sft.enabled=false"]
+
+
+def run_shared_sft(folder: Path, prompt: str, seed: int, base: list[str], config: str | None) -> tuple[Path, str]:
+    """``hiper sft`` for one (prompt, seed) unless done before; returns (policy folder, error or "")."""
+    policy = folder / "checkpoints" / "sft" / "policy"
+    done = folder / SFT_FILE
+    if done.is_file() and json.loads(done.read_text()).get("status") == "ok" and policy.is_dir():
+        return policy, ""
+    cmd = [sys.executable, "-m", "hiper.cli", "sft", "-o", str(folder), "--overwrite",
+           *(["--config", config] if config else []), *base, "trainer.num_threads=1", "trainer.logger=[jsonl]",
+           f"env.prompt={prompt}", f"seed={seed}"]
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    error = ""
+    if proc.returncode != 0 or not policy.is_dir():
+        tail = (proc.stderr or proc.stdout or "").strip().splitlines()
+        error = "shared SFT failed: " + (tail[-1] if tail else f"exit {proc.returncode}")
+    folder.mkdir(parents=True, exist_ok=True)
+    done.write_text(json.dumps({"status": "failed" if error else "ok", "error": error, "prompt": prompt, "seed": seed,
+                                "seconds": time.perf_counter() - t0}, indent=1))
+    return policy, error
+
+
+def run_arm(arm: Arm, base: list[str], config: str | None, eval_episodes: int, group_size: int,
+            warm_start: tuple[Path, str] | None = None) -> Arm:
+    """Train one arm (``hiper train`` in its own process) unless it finished before; record how it went.
+    ``warm_start`` = (policy folder, error) of a shared SFT: the arm starts from that policy (or fails with the
+    SFT's error)."""
     folder = Path(arm.folder)
     done = folder / ARM_FILE
     if done.is_file() and json.loads(done.read_text()).get("status") == "ok":
         arm.status, arm.curve, arm.eval_episodes = "skipped", read_curve(folder), eval_episodes
         return arm
+    if warm_start is not None and warm_start[1]:
+        arm.status, arm.error = "failed", warm_start[1]
+        folder.mkdir(parents=True, exist_ok=True)
+        done.write_text(json.dumps(asdict(arm), indent=1))
+        return arm
     cmd = [sys.executable, "-m", "hiper.cli", "train", "-o", str(folder), "--overwrite",
            *(["--config", config] if config else []), *base, "trainer.num_threads=1", "trainer.logger=[jsonl]",
-           *arm_overrides(arm.estimator, arm.prompt, arm.seed, group_size)]
+           *arm_overrides(arm.estimator, arm.prompt, arm.seed, group_size),
+           *(warm_start_overrides(warm_start[0]) if warm_start is not None else [])]
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
     arm.seconds = time.perf_counter() - t0
@@ -197,6 +238,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--jobs", type=int, default=max(1, (os.cpu_count() or 1)), help="arms at once (default: cores)")
     parser.add_argument("--group-size", type=int, default=4, help="env.group_size of the group estimators")
     parser.add_argument("--threshold", type=float, default=0.5, help="held-out success threshold (iterations to it)")
+    parser.add_argument("--shared-sft", action="store_true",
+                        help="run SFT once per (prompt, seed) and start every arm of it from that policy")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides for every arm")
 
 
@@ -223,14 +266,24 @@ def main(args: argparse.Namespace) -> int:
     arms = [Arm(e, p, s, str(out / f"{e}-{p}-s{s}")) for e, p in pairs for s in seeds]
     print(f"hiper compare: {len(arms)} arms, {args.jobs} at a time, in {out}"
           + (f" (left out, needs the Plan-Execute prompt: {', '.join(left_out)})" if left_out else ""), flush=True)
+    warm: dict[tuple[str, int], tuple[Path, str]] = {}
+    if args.shared_sft:
+        starts = sorted({(a.prompt, a.seed) for a in arms})
+        with ThreadPoolExecutor(max_workers=args.jobs) as pool:
+            jobs = {k: pool.submit(run_shared_sft, out / f"sft-{k[0]}-s{k[1]}", k[0], k[1], list(args.overrides),
+                                   args.config) for k in starts}
+            for k, f in jobs.items():
+                warm[k] = f.result()
+                print(f"  sft-{k[0]}-s{k[1]}: {warm[k][1] or 'ok'}", flush=True)
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
-        futures = [pool.submit(run_arm, a, list(args.overrides), args.config, cfg.env.eval_episodes, args.group_size)
-                   for a in arms]
+        futures = [pool.submit(run_arm, a, list(args.overrides), args.config, cfg.env.eval_episodes, args.group_size,
+                               warm.get((a.prompt, a.seed))) for a in arms]
         for f in futures:
             a = f.result()
             print(f"  {a.name}: {a.status}{' (' + a.error + ')' if a.error else ''}", flush=True)
     rows = group_rows(arms, args.threshold)
     result = {"config": args.config or "cpu_demo", "overrides": list(args.overrides), "threshold": args.threshold,
+              "shared_sft": bool(args.shared_sft),
               "groups": rows, "arms": [{**asdict(a), "summary": summarize_arm(a, args.threshold)} for a in arms]}
     (out / "results.json").write_text(json.dumps(result, indent=1))
     table = markdown(rows, arms, args.threshold)
@@ -241,4 +294,5 @@ def main(args: argparse.Namespace) -> int:
     return 0 if all(a.status in ("ok", "skipped") for a in arms) else 1
 
 
-__all__ = ["Arm", "add_arguments", "arm_overrides", "group_rows", "main", "read_curve", "summarize_arm"]
+__all__ = ["Arm", "add_arguments", "arm_overrides", "group_rows", "main", "read_curve", "run_shared_sft", "summarize_arm",
+           "warm_start_overrides"]

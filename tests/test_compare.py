@@ -82,3 +82,26 @@ def test_prompt_ablation_grid_leaves_out_hae_with_a_flat_prompt(tmp_path, capsys
                             capture_output=True, text=True, check=True).stdout
     assert "| gae-compact_flat | 0 |" in report  # the per-arm table
     assert "| gae-compact | " in report.split("mean gain")[1]  # the paired table against hae-compact
+
+
+def test_shared_sft_starts_every_estimator_from_one_policy_per_prompt_and_seed(tmp_path, capsys) -> None:
+    """``--shared-sft``: one SFT per (prompt, seed); the arms load it, so their iteration-0 evaluations agree; a rerun
+    skips the SFT as well as the arms."""
+    out = tmp_path / "cmp"
+    argv = ["compare", "-o", str(out), "--estimators", "hae,token_gae,grpo", "--seeds", "0", "--jobs", "2",
+            "--group-size", "2", "--shared-sft", *TINY]
+    assert cli.main(argv) == 0
+    assert sorted(p.name for p in out.glob("sft-*")) == ["sft-compact-s0"]
+    policy = out / "sft-compact-s0" / "checkpoints" / "sft" / "policy"
+    result = json.loads((out / "results.json").read_text())
+    assert result["shared_sft"] and [a["status"] for a in result["arms"]] == ["ok"] * 3
+    starts = {a["estimator"]: a["curve"][0][1] for a in result["arms"]}
+    assert len(set(starts.values())) == 1, starts  # the same policy, the same held-out episodes
+    for est in ("hae", "token_gae", "grpo"):
+        cfg = (out / f"{est}-compact-s0" / "config.yaml").read_text()
+        assert f"path: {policy}" in cfg and "enabled: false" in cfg.split("sft:")[1]
+    mtime = (out / "sft-compact-s0" / "sft.json").stat().st_mtime
+    capsys.readouterr()
+    assert cli.main(argv) == 0
+    assert (out / "sft-compact-s0" / "sft.json").stat().st_mtime == mtime  # not run again
+    assert capsys.readouterr().out.count(": skipped") == 3
