@@ -15,15 +15,15 @@ TINY = ["env.n_envs=4", "env.max_steps=4", "sft.episodes=8", "sft.epochs=1", "ro
 
 def test_variance_diagnostic_end_to_end(tmp_path, capsys) -> None:
     out = tmp_path / "var.json"
-    argv = ["diagnose", "variance", "--estimators", "hae,gae,grpo", "--batches", "3", "--fit-batches", "1",
+    argv = ["diagnose", "variance", "--estimators", "hae,gae,token_gae,grpo", "--batches", "3", "--fit-batches", "1",
             "--group-size", "2", "--out", str(out), *TINY]
     assert cli.main(argv) == 0
     result = json.loads(out.read_text())
     rows = {r["estimator"]: r for r in result["estimators"]}
-    assert set(rows) == {"hae", "gae", "grpo"} and result["batches"] == 3
+    assert set(rows) == {"hae", "gae", "token_gae", "grpo"} and result["batches"] == 3
     for r in rows.values():
         assert 0 <= r["grad_var_ci95"][0] <= r["grad_var"] * 1.0001 and r["token_adv_var"] >= 0
-    for name in ("hae", "gae"):  # critic-based credit is never all-zero, even when every episode fails
+    for name in ("hae", "gae", "token_gae"):  # critic-based credit is never all-zero, even when every episode fails
         assert rows[name]["grad_var"] > 0 and rows[name]["noise_to_signal"] > 0
     # GRPO: when every group ties (all fail in 4 steps) its gradient is exactly zero, and the table says so
     g = rows["grpo"]
