@@ -1,6 +1,6 @@
 """Tables for docs/results_ablation.md from a ``hiper compare`` folder: per arm the held-out success at the start and
-the end, the episode's behaviour at the end (switch rate, segment length, invalid and inadmissible rates), and, per
-seed, the difference of every arm's gain to a reference arm's (paired: same seed, same tasks).
+the end, the episode's behaviour at the end (switch rate, segment length, invalid and inadmissible rates), the
+training success and each critic head's explained variance over the last ``--last`` iterations, and, per seed, the difference of every arm's gain to a reference arm's (paired: same seed, same tasks).
 
     python scripts/ablation_report.py runs/cmp --reference hae-compact
 
@@ -25,6 +25,16 @@ def _last_eval(rows: list[dict]) -> dict:
     return evals[-1] if evals else {}
 
 
+def _train_means(rows: list[dict], last: int) -> tuple[float, str]:
+    """Mean training success and per-head critic explained variance over the last ``last`` training iterations."""
+    train = [r for r in rows if "train/success" in r][-last:]
+    if not train:
+        return math.nan, "-"
+    heads = sorted({k for r in train for k in r if k.startswith("critic/explained_var_")})
+    ev = ", ".join(f"{k.rsplit('_', 1)[-1]} {statistics.fmean(r[k] for r in train if k in r):.2f}" for k in heads)
+    return statistics.fmean(r["train/success"] for r in train), ev or "- (no critic)"
+
+
 def _t95(n: int) -> float:
     """Two-sided 95 % t quantile for n - 1 degrees of freedom (n <= 6 tabulated; 1.96 beyond)."""
     return {2: 12.706, 3: 4.303, 4: 3.182, 5: 2.776, 6: 2.571}.get(n, 1.96)
@@ -34,20 +44,24 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("folder")
     parser.add_argument("--reference", default="hae-compact", help="estimator-prompt of the reference arm")
+    parser.add_argument("--last", type=int, default=5, help="training iterations the train-side means are taken over")
     args = parser.parse_args()
     result = json.loads((Path(args.folder) / "results.json").read_text())
     arms = [a for a in result["arms"] if a["status"] == "ok"]
-    print("| arm | seed | start | end | gain | switch rate | segment length | invalid | inadmissible |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("| arm | seed | start | end | gain | switch rate | segment length | invalid | inadmissible | "
+          f"train success (last {args.last}) | critic explained variance per head (last {args.last}) |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     gains: dict[str, dict[int, float]] = {}
     for a in sorted(arms, key=lambda a: (a["estimator"], a["prompt"], a["seed"])):
         curve = a["curve"]
-        last = _last_eval(read_metrics(Path(a["folder"]) / "metrics.jsonl"))
+        rows = read_metrics(Path(a["folder"]) / "metrics.jsonl")
+        last = _last_eval(rows)
+        train_success, ev = _train_means(rows, args.last)
         name = f"{a['estimator']}-{a['prompt']}"
         gains.setdefault(name, {})[a["seed"]] = curve[-1][1] - curve[0][1]
         cells = [f"{last.get(k, float('nan')):.3f}" for k in BEHAVIOUR]
         print(f"| {name} | {a['seed']} | {curve[0][1]:.3f} | {curve[-1][1]:.3f} | {curve[-1][1] - curve[0][1]:+.3f} | "
-              + " | ".join(cells) + " |")
+              + " | ".join(cells) + f" | {train_success:.3f} | {ev} |")
     print()
     ref = gains.get(args.reference, {})
     print(f"| arm | mean gain (points) | gain minus {args.reference}'s, per seed (points) | mean difference, 95 % t-interval |")

@@ -81,6 +81,8 @@ def test_prompt_ablation_grid_leaves_out_hae_with_a_flat_prompt(tmp_path, capsys
     report = subprocess.run([sys.executable, str(script), str(out), "--reference", "hae-compact"],
                             capture_output=True, text=True, check=True).stdout
     assert "| gae-compact_flat | 0 |" in report  # the per-arm table
+    hae_row = next(line for line in report.splitlines() if line.startswith("| hae-compact | 0 |"))
+    assert all(f"{head} " in hae_row.split("|")[-2] for head in ("low", "high", "term"))  # per-head explained variance
     assert "| gae-compact | " in report.split("mean gain")[1]  # the paired table against hae-compact
 
 
