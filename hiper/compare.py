@@ -99,15 +99,18 @@ def warm_start_overrides(policy: Path) -> list[str]:
     return [f"model.path={policy}", "model.tiny=null", "model.tokenizer=null", "sft.enabled=false"]
 
 
-def run_shared_sft(folder: Path, prompt: str, seed: int, base: list[str], config: str | None) -> tuple[Path, str]:
-    """``hiper sft`` for one (prompt, seed) unless done before; returns (policy folder, error or "")."""
+def run_shared_sft(folder: Path, arm: Arm, base: list[str], config: str | None, group_size: int) -> tuple[Path, str]:
+    """``hiper sft`` for the (prompt, seed) of ``arm`` unless done before; returns (policy folder, error or "").
+
+    It runs with ``arm``'s overrides (a flat prompt needs a flat estimator to pass the config check); SFT trains
+    the policy alone, so which estimator of that prompt it names does not matter."""
     policy = folder / "checkpoints" / "sft" / "policy"
     done = folder / SFT_FILE
     if done.is_file() and json.loads(done.read_text()).get("status") == "ok" and policy.is_dir():
         return policy, ""
     cmd = [sys.executable, "-m", "hiper.cli", "sft", "-o", str(folder), "--overwrite",
            *(["--config", config] if config else []), *base, "trainer.num_threads=1", "trainer.logger=[jsonl]",
-           f"env.prompt={prompt}", f"seed={seed}"]
+           *arm_overrides(arm.estimator, arm.prompt, arm.seed, group_size)]
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
     error = ""
@@ -115,8 +118,9 @@ def run_shared_sft(folder: Path, prompt: str, seed: int, base: list[str], config
         tail = (proc.stderr or proc.stdout or "").strip().splitlines()
         error = "shared SFT failed: " + (tail[-1] if tail else f"exit {proc.returncode}")
     folder.mkdir(parents=True, exist_ok=True)
-    done.write_text(json.dumps({"status": "failed" if error else "ok", "error": error, "prompt": prompt, "seed": seed,
-                                "seconds": time.perf_counter() - t0}, indent=1))
+    done.write_text(json.dumps({"status": "failed" if error else "ok", "error": error, "prompt": arm.prompt,
+                                "seed": arm.seed, "estimator": arm.estimator, "seconds": time.perf_counter() - t0},
+                               indent=1))
     return policy, error
 
 
@@ -268,10 +272,12 @@ def main(args: argparse.Namespace) -> int:
           + (f" (left out, needs the Plan-Execute prompt: {', '.join(left_out)})" if left_out else ""), flush=True)
     warm: dict[tuple[str, int], tuple[Path, str]] = {}
     if args.shared_sft:
-        starts = sorted({(a.prompt, a.seed) for a in arms})
+        first: dict[tuple[str, int], Arm] = {}
+        for a in arms:
+            first.setdefault((a.prompt, a.seed), a)
         with ThreadPoolExecutor(max_workers=args.jobs) as pool:
-            jobs = {k: pool.submit(run_shared_sft, out / f"sft-{k[0]}-s{k[1]}", k[0], k[1], list(args.overrides),
-                                   args.config) for k in starts}
+            jobs = {k: pool.submit(run_shared_sft, out / f"sft-{k[0]}-s{k[1]}", a, list(args.overrides), args.config,
+                                   args.group_size) for k, a in sorted(first.items())}
             for k, f in jobs.items():
                 warm[k] = f.result()
                 print(f"  sft-{k[0]}-s{k[1]}: {warm[k][1] or 'ok'}", flush=True)

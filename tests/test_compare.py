@@ -90,20 +90,23 @@ def test_shared_sft_starts_every_estimator_from_one_policy_per_prompt_and_seed(t
     """``--shared-sft``: one SFT per (prompt, seed); the arms load it, so their iteration-0 evaluations agree; a rerun
     skips the SFT as well as the arms."""
     out = tmp_path / "cmp"
-    argv = ["compare", "-o", str(out), "--estimators", "hae,token_gae,grpo", "--seeds", "0", "--jobs", "2",
-            "--group-size", "2", "--shared-sft", *TINY]
+    argv = ["compare", "-o", str(out), "--estimators", "hae,token_gae,grpo", "--prompts", "compact,compact_flat",
+            "--seeds", "0", "--jobs", "2", "--group-size", "2", "--shared-sft", *TINY]
     assert cli.main(argv) == 0
-    assert sorted(p.name for p in out.glob("sft-*")) == ["sft-compact-s0"]
-    policy = out / "sft-compact-s0" / "checkpoints" / "sft" / "policy"
+    # one SFT per prompt; the flat one runs under a flat estimator (HAE with a flat prompt fails the config check)
+    assert sorted(p.name for p in out.glob("sft-*")) == ["sft-compact-s0", "sft-compact_flat-s0"]
+    assert json.loads((out / "sft-compact_flat-s0" / "sft.json").read_text())["estimator"] == "token_gae"
     result = json.loads((out / "results.json").read_text())
-    assert result["shared_sft"] and [a["status"] for a in result["arms"]] == ["ok"] * 3
-    starts = {a["estimator"]: a["curve"][0][1] for a in result["arms"]}
-    assert len(set(starts.values())) == 1, starts  # the same policy, the same held-out episodes
-    for est in ("hae", "token_gae", "grpo"):
-        cfg = (out / f"{est}-compact-s0" / "config.yaml").read_text()
-        assert f"path: {policy}" in cfg and "enabled: false" in cfg.split("sft:")[1]
+    assert result["shared_sft"] and [a["status"] for a in result["arms"]] == ["ok"] * 5
+    for prompt, estimators in (("compact", ("hae", "token_gae", "grpo")), ("compact_flat", ("token_gae", "grpo"))):
+        starts = {a["estimator"]: a["curve"][0][1] for a in result["arms"] if a["prompt"] == prompt}
+        assert len(set(starts.values())) == 1, starts  # the same policy, the same held-out episodes
+        policy = out / f"sft-{prompt}-s0" / "checkpoints" / "sft" / "policy"
+        for est in estimators:
+            cfg = (out / f"{est}-{prompt}-s0" / "config.yaml").read_text()
+            assert f"path: {policy}" in cfg and "enabled: false" in cfg.split("sft:")[1]
     mtime = (out / "sft-compact-s0" / "sft.json").stat().st_mtime
     capsys.readouterr()
     assert cli.main(argv) == 0
     assert (out / "sft-compact-s0" / "sft.json").stat().st_mtime == mtime  # not run again
-    assert capsys.readouterr().out.count(": skipped") == 3
+    assert capsys.readouterr().out.count(": skipped") == 5
