@@ -53,7 +53,7 @@ class Arm:
     prompt: str
     seed: int
     folder: str
-    status: str = "pending"  # pending | ok | failed | skipped (done before)
+    status: str = "pending"  # pending | ok | failed | skipped (done before) | not run (--report-only)
     seconds: float = 0.0
     error: str = ""
     curve: list[tuple[int, float]] = field(default_factory=list)  # (iteration, eval/success)
@@ -125,14 +125,17 @@ def run_shared_sft(folder: Path, arm: Arm, base: list[str], config: str | None, 
 
 
 def run_arm(arm: Arm, base: list[str], config: str | None, eval_episodes: int, group_size: int,
-            warm_start: tuple[Path, str] | None = None) -> Arm:
+            warm_start: tuple[Path, str] | None = None, report_only: bool = False) -> Arm:
     """Train one arm (``hiper train`` in its own process) unless it finished before; record how it went.
     ``warm_start`` = (policy folder, error) of a shared SFT: the arm starts from that policy (or fails with the
-    SFT's error)."""
+    SFT's error). ``report_only``: run nothing; an arm that has not finished is reported as ``not run``."""
     folder = Path(arm.folder)
     done = folder / ARM_FILE
     if done.is_file() and json.loads(done.read_text()).get("status") == "ok":
         arm.status, arm.curve, arm.eval_episodes = "skipped", read_curve(folder), eval_episodes
+        return arm
+    if report_only:
+        arm.status = "not run"
         return arm
     if warm_start is not None and warm_start[1]:
         arm.status, arm.error = "failed", warm_start[1]
@@ -222,7 +225,9 @@ def plot(arms: list[Arm], path: Path, title: str) -> Path | None:
                         alpha=0.15)
     ax.set_xlabel("RL iteration (0 = before RL)")
     ax.set_ylabel("held-out success")
-    ax.set_ylim(0, 1)
+    # the full [0, 1] range unless every curve stays low (then the band would be a flat line at the bottom)
+    top = max((s for a in arms for _, s in a.curve), default=1.0)
+    ax.set_ylim(0, 1 if top > 0.4 else max(0.1, 1.25 * top))
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend(loc="best", fontsize=8)
@@ -244,6 +249,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threshold", type=float, default=0.5, help="held-out success threshold (iterations to it)")
     parser.add_argument("--shared-sft", action="store_true",
                         help="run SFT once per (prompt, seed) and start every arm of it from that policy")
+    parser.add_argument("--report-only", action="store_true",
+                        help="run nothing: write the tables and the plot from the arms that finished (others: not run)")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides for every arm")
 
 
@@ -271,7 +278,7 @@ def main(args: argparse.Namespace) -> int:
     print(f"hiper compare: {len(arms)} arms, {args.jobs} at a time, in {out}"
           + (f" (left out, needs the Plan-Execute prompt: {', '.join(left_out)})" if left_out else ""), flush=True)
     warm: dict[tuple[str, int], tuple[Path, str]] = {}
-    if args.shared_sft:
+    if args.shared_sft and not args.report_only:
         first: dict[tuple[str, int], Arm] = {}
         for a in arms:
             first.setdefault((a.prompt, a.seed), a)
@@ -283,13 +290,13 @@ def main(args: argparse.Namespace) -> int:
                 print(f"  sft-{k[0]}-s{k[1]}: {warm[k][1] or 'ok'}", flush=True)
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
         futures = [pool.submit(run_arm, a, list(args.overrides), args.config, cfg.env.eval_episodes, args.group_size,
-                               warm.get((a.prompt, a.seed))) for a in arms]
+                               warm.get((a.prompt, a.seed)), args.report_only) for a in arms]
         for f in futures:
             a = f.result()
             print(f"  {a.name}: {a.status}{' (' + a.error + ')' if a.error else ''}", flush=True)
     rows = group_rows(arms, args.threshold)
     result = {"config": args.config or "cpu_demo", "overrides": list(args.overrides), "threshold": args.threshold,
-              "shared_sft": bool(args.shared_sft),
+              "shared_sft": bool(args.shared_sft), "report_only": bool(args.report_only),
               "groups": rows, "arms": [{**asdict(a), "summary": summarize_arm(a, args.threshold)} for a in arms]}
     (out / "results.json").write_text(json.dumps(result, indent=1))
     table = markdown(rows, arms, args.threshold)
@@ -297,7 +304,7 @@ def main(args: argparse.Namespace) -> int:
     png = plot(arms, out / "curves.png", f"{result['config']}: held-out success")
     print(table)
     print(f"hiper compare: results in {out / 'results.json'}" + (f", curves {png}" if png else ""))
-    return 0 if all(a.status in ("ok", "skipped") for a in arms) else 1
+    return 0 if args.report_only or all(a.status in ("ok", "skipped") for a in arms) else 1
 
 
 __all__ = ["Arm", "add_arguments", "arm_overrides", "group_rows", "main", "read_curve", "run_shared_sft", "summarize_arm",

@@ -110,6 +110,14 @@ def test_shared_sft_starts_every_estimator_from_one_policy_per_prompt_and_seed(t
     assert cli.main(argv) == 0
     assert (out / "sft-compact-s0" / "sft.json").stat().st_mtime == mtime  # not run again
     assert capsys.readouterr().out.count(": skipped") == 5
+    # --report-only runs nothing: a seed never started is reported as "not run", the finished arms as before
+    seeds = argv.index("--seeds") + 1
+    assert cli.main([*argv[:seeds], "0,1", *argv[seeds + 1:], "--report-only"]) == 0
+    result = json.loads((out / "results.json").read_text())
+    status = {(a["estimator"], a["prompt"], a["seed"]): a["status"] for a in result["arms"]}
+    assert [status[k] for k in sorted(status) if k[2] == 1] == ["not run"] * 5 and not list(out.glob("*-s1"))
+    assert [status[k] for k in sorted(status) if k[2] == 0] == ["skipped"] * 5
+    assert "| hae-compact-s1 | not run |" in (out / "results.md").read_text()
 
 
 def test_long_horizon_ablation_recipe_loads_and_its_tasks_are_solvable() -> None:
