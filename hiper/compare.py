@@ -193,7 +193,8 @@ def markdown(rows: list[dict[str, Any]], arms: list[Arm], threshold: float) -> s
              f"AUC (mean) | reached {threshold:g} | iterations to {threshold:g} (mean) |", "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['estimator']} | {r['prompt']} | {r['n_ok']}/{len(r['seeds'])} | {_fmt(r['start_mean'])} -> "
-                     f"{_fmt(r['final_mean'])} | {_fmt(r['final_std'])} | {_fmt(r['final_min'])}-{_fmt(r['final_max'])} | "
+                     f"{_fmt(r['final_mean'])} | {_fmt(r['final_std'])} | "
+                     f"{_fmt(r['final_min']) + '-' + _fmt(r['final_max']) if r['n_ok'] else '-'} | "
                      f"{_fmt(r['auc_mean'])} | {r['reached_threshold']} | {_fmt(r['iterations_to_threshold_mean'], 1)} |")
     lines += ["", "| arm | status | final success [95 % CI] | AUC | seconds |", "|---|---|---|---|---|"]
     for a in arms:

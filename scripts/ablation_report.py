@@ -47,7 +47,7 @@ def main() -> None:
     parser.add_argument("--last", type=int, default=5, help="training iterations the train-side means are taken over")
     args = parser.parse_args()
     result = json.loads((Path(args.folder) / "results.json").read_text())
-    arms = [a for a in result["arms"] if a["status"] == "ok"]
+    arms = [a for a in result["arms"] if a["status"] in ("ok", "skipped")]  # skipped: finished in an earlier run
     print("| arm | seed | start | end | gain | switch rate | segment length | invalid | inadmissible | "
           f"train success (last {args.last}) | critic explained variance per head (last {args.last}) |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
