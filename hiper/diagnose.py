@@ -170,7 +170,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                      **gradient_variance(per[e]["grads"], seed=base.seed),
                      "critic_explained_var": statistics.fmean(per[e]["ev"])})
     return {"benchmark": "diagnose-variance", "config": args.config or "cpu_demo", "overrides": list(args.overrides),
-            "policy": args.policy or ("after SFT" if base.sft.enabled else "initial"), "batches": args.batches,
+            "policy": args.policy or ("after SFT" if base.sft.enabled
+                                      else f"model.path={base.model.path}" if base.model.path else "initial"),
+            "batches": args.batches,
             "fit_batches": args.fit_batches, "group_size": args.group_size,
             "episodes_per_batch": base.env.n_envs, "estimators": rows}
 
