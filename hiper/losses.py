@@ -197,14 +197,18 @@ def clipped_value_error(
 
 
 def explained_variance(pred: Tensor, target: Tensor, mask: Tensor) -> float:
-    """``1 - Var[target - pred] / Var[target]`` over ``mask`` (NaN when fewer than 2 points or Var = 0)."""
+    """``1 - Var[target - pred] / Var[target]`` over ``mask`` (population variances).
+
+    NaN when fewer than 2 points are selected or the targets are constant there up to rounding (``Var[target]`` below
+    1e-12 of their squared magnitude): a batch without a single success has targets equal but for float residue, and
+    dividing by that residue reported explained variances of -1e14."""
     m = mask.bool()
     if int(m.sum()) < 2:
         return float("nan")
     y = target[m].double()
     p = pred[m].double()
     var_y = y.var(unbiased=False)
-    if float(var_y) == 0.0:
+    if float(var_y) <= 1e-12 * max(1.0, float(y.abs().max())) ** 2:
         return float("nan")
     return float(1.0 - (y - p).var(unbiased=False) / var_y)
 

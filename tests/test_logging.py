@@ -143,3 +143,14 @@ def test_plot_learning_curve(tmp_path):
 def test_track_yields_every_item():
     assert list(track(range(5), "count")) == [0, 1, 2, 3, 4]
     assert list(track(iter([1, 2]), "gen", disable=True)) == [1, 2]
+
+
+def test_explained_variance_is_undefined_on_float_residue_targets():
+    """A batch without a success: targets equal but for rounding residue. The critic metric reported -1e14 there."""
+    from hiper.losses import explained_variance as critic_metric
+
+    returns = torch.tensor([0.0, 1e-9, -1e-9, 0.0], dtype=torch.float32)
+    values = torch.tensor([0.1, -0.2, 0.05, 0.0])
+    assert math.isnan(explained_variance(values, returns))
+    assert math.isnan(critic_metric(values, returns, torch.ones(4, dtype=torch.bool)))
+    assert critic_metric(values, returns + torch.tensor([0.0, 1.0, 2.0, 3.0]), torch.ones(4, dtype=torch.bool)) < 1

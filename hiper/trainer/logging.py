@@ -25,6 +25,8 @@ from typing import Any, TypeVar
 import torch
 from torch import Tensor
 
+from hiper.losses import explained_variance as losses_explained_variance
+
 BACKENDS = ("console", "jsonl", "tensorboard", "wandb")
 #: keys shown first (in this order) on the console line when present.
 CONSOLE_PRIORITY = (
@@ -206,21 +208,10 @@ def explained_variance(values: Tensor, returns: Tensor, mask: Tensor | None = No
     """
     if values.shape != returns.shape:
         raise ValueError(f"values {tuple(values.shape)} and returns {tuple(returns.shape)} differ in shape")
-    v = values.detach().double()
-    r = returns.detach().double()
-    if mask is not None:
-        if mask.shape != values.shape:
-            raise ValueError(f"mask {tuple(mask.shape)} must have the values' shape {tuple(values.shape)}")
-        sel = mask.bool()
-        v, r = v[sel], r[sel]
-    else:
-        v, r = v.reshape(-1), r.reshape(-1)
-    if r.numel() < 2:
-        return float("nan")
-    var_r = r.var(unbiased=False)
-    if var_r <= 1e-12 * max(1.0, float(r.abs().max())) ** 2:
-        return float("nan")
-    return float(1.0 - (r - v).var(unbiased=False) / var_r)
+    if mask is not None and mask.shape != values.shape:
+        raise ValueError(f"mask {tuple(mask.shape)} must have the values' shape {tuple(values.shape)}")
+    sel = torch.ones_like(values, dtype=torch.bool) if mask is None else mask
+    return losses_explained_variance(values.detach(), returns.detach(), sel)
 
 
 def masked_stats(x: Tensor, mask: Tensor | None = None, prefix: str = "") -> dict[str, float]:
