@@ -26,12 +26,17 @@ def _last_eval(rows: list[dict]) -> dict:
 
 
 def _train_means(rows: list[dict], last: int) -> tuple[float, str]:
-    """Mean training success and per-head critic explained variance over the last ``last`` training iterations."""
+    """Mean training success and per-head critic explained variance (median) over the last ``last`` iterations."""
     train = [r for r in rows if "train/success" in r][-last:]
     if not train:
         return math.nan, "-"
     heads = sorted({k for r in train for k in r if k.startswith("critic/explained_var_")})
-    ev = ", ".join(f"{k.rsplit('_', 1)[-1]} {statistics.fmean(r[k] for r in train if k in r):.2f}" for k in heads)
+
+    def median(key: str) -> float:  # of the defined values: a batch whose targets are all equal has none
+        xs = [r[key] for r in train if key in r and math.isfinite(r[key])]
+        return statistics.median(xs) if xs else math.nan
+
+    ev = ", ".join(f"{k.rsplit('_', 1)[-1]} {median(k):.2f}" for k in heads)
     return statistics.fmean(r["train/success"] for r in train), ev or "- (no critic)"
 
 
@@ -49,7 +54,7 @@ def main() -> None:
     result = json.loads((Path(args.folder) / "results.json").read_text())
     arms = [a for a in result["arms"] if a["status"] in ("ok", "skipped")]  # skipped: finished in an earlier run
     print("| arm | seed | start | end | gain | switch rate | segment length | invalid | inadmissible | "
-          f"train success (last {args.last}) | critic explained variance per head (last {args.last}) |")
+          f"train success (last {args.last}) | critic explained variance per head (median, last {args.last}) |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     gains: dict[str, dict[int, float]] = {}
     for a in sorted(arms, key=lambda a: (a["estimator"], a["prompt"], a["seed"])):
