@@ -131,8 +131,10 @@ def run_arm(arm: Arm, base: list[str], config: str | None, eval_episodes: int, g
     SFT's error). ``report_only``: run nothing; an arm that has not finished is reported as ``not run``."""
     folder = Path(arm.folder)
     done = folder / ARM_FILE
-    if done.is_file() and json.loads(done.read_text()).get("status") == "ok":
+    record = json.loads(done.read_text()) if done.is_file() else {}
+    if record.get("status") == "ok":
         arm.status, arm.curve, arm.eval_episodes = "skipped", read_curve(folder), eval_episodes
+        arm.seconds = float(record.get("seconds", 0.0))  # the wall time of the run that finished it
         return arm
     if report_only:
         arm.status = "not run"
