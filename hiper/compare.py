@@ -94,6 +94,22 @@ def read_curve(folder: Path) -> list[tuple[int, float]]:
     return sorted((int(r["step"]), float(r["eval/success"])) for r in read_metrics(path) if "eval/success" in r)
 
 
+def run_hiper(command: str, folder: Path, config: str | None, base: list[str], own: list[str]) -> tuple[str, float]:
+    """``hiper <command> -o folder`` in its own process: the grid's ``base`` overrides, then one torch thread and
+    jsonl logging (these win over ``base``), then the run's ``own`` overrides.
+
+    Returns (the last line of its output when it exits non-zero, else ""; wall seconds)."""
+    cmd = [sys.executable, "-m", "hiper.cli", command, "-o", str(folder), "--overwrite",
+           *(["--config", config] if config else []), *base, "trainer.num_threads=1", "trainer.logger=[jsonl]", *own]
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    seconds = time.perf_counter() - t0
+    if proc.returncode == 0:
+        return "", seconds
+    tail = (proc.stderr or proc.stdout or "").strip().splitlines()
+    return (tail[-1] if tail else f"exit {proc.returncode}"), seconds
+
+
 def warm_start_overrides(policy: Path) -> list[str]:
     """Start an arm from a saved SFT policy folder instead of running SFT in it."""
     return [f"model.path={policy}", "model.tiny=null", "model.tokenizer=null", "sft.enabled=false"]
@@ -108,19 +124,12 @@ def run_shared_sft(folder: Path, arm: Arm, base: list[str], config: str | None, 
     done = folder / SFT_FILE
     if done.is_file() and json.loads(done.read_text()).get("status") == "ok" and policy.is_dir():
         return policy, ""
-    cmd = [sys.executable, "-m", "hiper.cli", "sft", "-o", str(folder), "--overwrite",
-           *(["--config", config] if config else []), *base, "trainer.num_threads=1", "trainer.logger=[jsonl]",
-           *arm_overrides(arm.estimator, arm.prompt, arm.seed, group_size)]
-    t0 = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
-    error = ""
-    if proc.returncode != 0 or not policy.is_dir():
-        tail = (proc.stderr or proc.stdout or "").strip().splitlines()
-        error = "shared SFT failed: " + (tail[-1] if tail else f"exit {proc.returncode}")
+    error, seconds = run_hiper("sft", folder, config, base, arm_overrides(arm.estimator, arm.prompt, arm.seed, group_size))
+    if error or not policy.is_dir():
+        error = "shared SFT failed: " + (error or "no policy saved")
     folder.mkdir(parents=True, exist_ok=True)
     done.write_text(json.dumps({"status": "failed" if error else "ok", "error": error, "prompt": arm.prompt,
-                                "seed": arm.seed, "estimator": arm.estimator, "seconds": time.perf_counter() - t0},
-                               indent=1))
+                                "seed": arm.seed, "estimator": arm.estimator, "seconds": seconds}, indent=1))
     return policy, error
 
 
@@ -144,20 +153,14 @@ def run_arm(arm: Arm, base: list[str], config: str | None, eval_episodes: int, g
         folder.mkdir(parents=True, exist_ok=True)
         done.write_text(json.dumps(asdict(arm), indent=1))
         return arm
-    cmd = [sys.executable, "-m", "hiper.cli", "train", "-o", str(folder), "--overwrite",
-           *(["--config", config] if config else []), *base, "trainer.num_threads=1", "trainer.logger=[jsonl]",
-           *arm_overrides(arm.estimator, arm.prompt, arm.seed, group_size),
-           *(warm_start_overrides(warm_start[0]) if warm_start is not None else [])]
-    t0 = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
-    arm.seconds = time.perf_counter() - t0
+    error, arm.seconds = run_hiper("train", folder, config, base, [
+        *arm_overrides(arm.estimator, arm.prompt, arm.seed, group_size),
+        *(warm_start_overrides(warm_start[0]) if warm_start is not None else [])])
     arm.curve, arm.eval_episodes = read_curve(folder), eval_episodes
-    if proc.returncode == 0 and arm.curve:
+    if not error and arm.curve:
         arm.status = "ok"
     else:
-        arm.status = "failed"
-        tail = (proc.stderr or proc.stdout or "").strip().splitlines()
-        arm.error = tail[-1] if tail else f"exit {proc.returncode}, no held-out evaluation logged"
+        arm.status, arm.error = "failed", error or "no held-out evaluation logged"
     folder.mkdir(parents=True, exist_ok=True)
     done.write_text(json.dumps(asdict(arm), indent=1))
     return arm

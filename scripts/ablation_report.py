@@ -1,6 +1,7 @@
 """Tables for docs/results_ablation.md from a ``hiper compare`` folder: per arm the held-out success at the start and
 the end, the episode's behaviour at the end (switch rate, segment length, invalid and inadmissible rates), the
-training success and each critic head's explained variance over the last ``--last`` iterations, and, per seed, the difference of every arm's gain to a reference arm's (paired: same seed, same tasks).
+training success and each critic head's explained variance over the last ``--last`` iterations, and, per seed, the
+difference of every arm's gain to a reference arm's (paired: same seed, same tasks).
 
     python scripts/ablation_report.py runs/cmp --reference hae-compact
 
