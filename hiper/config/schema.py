@@ -154,6 +154,9 @@ class RolloutConfig:
                                      "pairs until it fits (an error only if it still does not)", "paper 2048")
     batch_size: int = setting(32, "prompts per generation forward batch of the hf engine (bigger is faster on a GPU, "
                               "changes which rows share a batch and so the sampled tokens)")
+    lean_decode: bool = setting(True, "hf engine: decode a plain Qwen2 model with hiper's lean forward (transformers' "
+                                "equations, about half the CPU time per step; logits equal to float rounding); false "
+                                "or any other model: transformers' forward", "docs/scale_out.md")
 
 
 @dataclass

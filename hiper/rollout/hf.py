@@ -11,7 +11,9 @@ Decoding is written out (not ``model.generate``) so that every number it returns
   the decoded tail (the completing token is kept, nothing after it), or after ``max_new_tokens``;
 * stopped rows stop growing: the next token of a stopped row is a masked pad, and once a quarter of
   the rows in the batch have stopped the KV cache is compacted to the running rows; the loop ends
-  as soon as every row has stopped.
+  as soon as every row has stopped;
+* a plain Qwen2 model runs through :class:`~hiper.rollout.lean_qwen2.LeanQwen2` (the same equations with a
+  fraction of transformers' per-call overhead; ``lean=False`` or any other model uses transformers' forward).
 
 Only rows whose new token could complete a stop string (its text contains the stop string's last
 character, looked up in a per-vocabulary table) are decoded in Python, so the per-step Python work
@@ -26,6 +28,7 @@ from typing import Any
 
 import torch
 
+from hiper.rollout import lean_qwen2
 from hiper.rollout.engine import FinishReason, GenerationOutput, check_sampling_args, encode_prompts
 
 #: compact the KV cache when at least this fraction of its rows have stopped.
@@ -64,6 +67,8 @@ class HFEngine:
         seed: seed of the engine's ``torch.Generator`` (sampling is reproducible for the same seed,
             weights and sequence of calls).
         eos_token_ids: ids that end a response; default the tokenizer's and generation config's EOS.
+        lean: decode a plain Qwen2 model with :class:`~hiper.rollout.lean_qwen2.LeanQwen2` (logits equal to
+            transformers' up to float rounding); False always uses the model's own forward.
     """
 
     def __init__(
@@ -74,6 +79,7 @@ class HFEngine:
         max_batch_size: int = 32,
         seed: int = 0,
         eos_token_ids: Sequence[int] | None = None,
+        lean: bool = True,
     ) -> None:
         if max_batch_size < 1:
             raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
@@ -81,6 +87,7 @@ class HFEngine:
         self.tokenizer = tokenizer
         self.device = torch.device(device) if device is not None else next(model.parameters()).device
         self.max_batch_size = max_batch_size
+        self.lean = lean
         self.generator = torch.Generator(device=self.device).manual_seed(seed)
         self.eos_token_ids = list(eos_token_ids) if eos_token_ids is not None else _eos_ids(model, tokenizer)
         pad = getattr(tokenizer, "pad_token_id", None)
@@ -242,8 +249,13 @@ class HFEngine:
             mask[i, width - len(p) :] = 1
         input_ids, mask = input_ids.to(dev), mask.to(dev)
         pos = (mask.cumsum(-1) - 1).clamp(min=0)
-        cache = DynamicCache()
-        logits = self._forward(input_ids, mask, pos, cache).logits[:, -1, :].float()
+        lean = lean_qwen2.LeanQwen2(self.model, n, width + max_new_tokens) if (
+            self.lean and lean_qwen2.supports(self.model)) else None
+        cache = DynamicCache() if lean is None else None
+        if lean is not None:
+            logits = lean.forward(input_ids, pos, mask)
+        else:
+            logits = self._forward(input_ids, mask, pos, cache).logits[:, -1, :].float()
         next_pos = pos[:, -1] + 1
 
         tokens = torch.full((n, max_new_tokens), self.pad_token_id, dtype=torch.long, device=dev)
@@ -281,16 +293,22 @@ class HFEngine:
             if t == max_new_tokens - 1 or not bool(running.any()):
                 break
             # stopped rows stop growing: masked pad input now, dropped from the cache once enough stopped
-            if float((~running).float().mean()) >= _COMPACT_FRACTION and hasattr(
-                cache, "batch_select_indices"
+            if float((~running).float().mean()) >= _COMPACT_FRACTION and (
+                lean is not None or hasattr(cache, "batch_select_indices")
             ):
                 keep = running.nonzero().flatten()
-                cache.batch_select_indices(keep)
+                if lean is not None:
+                    lean.keep(keep)
+                elif cache is not None:
+                    cache.batch_select_indices(keep)
                 rows, mask, next_pos, token = rows[keep], mask[keep], next_pos[keep], token[keep]
                 running = running[keep]
             token = torch.where(running, token, torch.full_like(token, self.pad_token_id))
             mask = torch.cat([mask, running.long()[:, None]], dim=1)
-            logits = self._forward(token[:, None], mask, next_pos[:, None], cache).logits[:, -1, :].float()
+            if lean is not None:
+                logits = lean.forward(token[:, None], next_pos[:, None], mask)
+            else:
+                logits = self._forward(token[:, None], mask, next_pos[:, None], cache).logits[:, -1, :].float()
             next_pos = next_pos + 1
 
         lengths_list = lengths.tolist()

@@ -137,7 +137,8 @@ class Trainer:
                 engine.sync()  # the policy may already differ from model.path (SFT, resume, LoRA)
                 self._engine = engine
             else:
-                self._engine = HFEngine(self.policy, self.tokenizer, max_batch_size=self.config.rollout.batch_size)
+                self._engine = HFEngine(self.policy, self.tokenizer, max_batch_size=self.config.rollout.batch_size,
+                                       lean=self.config.rollout.lean_decode)
         return self._engine
 
     def learner(self) -> Learner:
