@@ -247,6 +247,34 @@ class TurnBatch:
         mask = torch.cat([self.prompt_mask, self.response_mask], dim=1)
         return ids, mask.long()
 
+    def packed_inputs(self) -> tuple[Tensor, Tensor, Tensor]:
+        """(``[N, W]`` ids, ``[N, W]`` attention mask, ``[N]`` start) with each row's prompt and response side by side
+        and the padding after them: ``W`` = the longest row, not the widest prompt plus the widest response.
+
+        Row ``i`` holds its ``p_i`` prompt tokens, then response positions ``0 .. R_i - 1`` (``R_i``: up to its last
+        attended response token, and past ``v_low_pos``), then padding; ``start[i] = p_i`` is the input position of
+        response token 0. Attended tokens, their order and their RoPE positions (from the mask) are those of
+        :meth:`input_ids`, so a model sees the same sequences; the micro-batches of the no-grad passes and the
+        updates use this layout (length-sorted rows need ~7 % padding here against ~26 % in ``[P | L]``, measured
+        on a demo iteration).
+        """
+        n, width_p = self.prompt_mask.shape
+        width_l = self.response_width
+        p = self.prompt_mask.sum(1).long()
+        seen = self.response_mask.long() * torch.arange(1, width_l + 1)
+        extent = torch.maximum(seen.max(1).values, self.v_low_pos.long() + 1).clamp(max=width_l)
+        width = max(int((p + extent).max()), 1)
+        col = torch.arange(width)[None, :]
+        in_prompt = col < p[:, None]
+        # prompt tokens sit right-aligned in [P] (left padding): column c < p_i reads prompt column P - p_i + c
+        src = torch.where(in_prompt, width_p - p[:, None] + col, width_p + col - p[:, None])
+        src = src.clamp(0, width_p + width_l - 1)
+        valid = col < (p + extent)[:, None]
+        ids, mask = self.input_ids()
+        ids = ids.gather(1, src).masked_fill(~valid, 0)
+        mask = mask.gather(1, src) * valid
+        return ids, mask.long(), p
+
     def n_tokens(self) -> Tensor:
         """``[N]`` real tokens per row (prompt + response)."""
         return self.prompt_mask.sum(1) + self.response_mask.sum(1)

@@ -61,8 +61,8 @@ def gradient(policy: torch.nn.Module, batch: TurnBatch, targets: Targets, cfg: H
     policy.zero_grad(set_to_none=True)
     n_tok = max(int(targets.loss_mask.sum()), 1)
     for rows, mb in batch.micro_batches(torch.arange(len(batch)), cfg.actor.micro_batch_size):
-        ids, mask = mb.input_ids()
-        logp, _ = response_logprobs(policy, ids.to(device), mask.to(device), mb.prompt_width,
+        ids, mask, start = mb.packed_inputs()
+        logp, _ = response_logprobs(policy, ids.to(device), mask.to(device), start,
                                     mb.response_ids.to(device), temperature=cfg.rollout.temperature)
         width = mb.response_width
         adv = targets.advantages[rows][:, :width].to(device)

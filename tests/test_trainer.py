@@ -331,3 +331,36 @@ def test_over_long_prompts_drop_history_instead_of_stopping_the_run(tokenizer) -
     turns = [t for tr in short.last.trajectories for t in tr.turns]
     assert all(len(t.extras["prompt_ids"]) <= first for t in turns)
     assert any(t.history_dropped for t in turns)
+
+
+@pytest.mark.parametrize("estimator", ["hae", "token_gae"])
+def test_packed_layout_equals_prompt_response_layout(estimator: str, tokenizer) -> None:
+    """The updates' packed micro-batches (prompt and response side by side, padding after) hold each row's attended
+    tokens in order and give the log-probs and critic values of the [P | L] layout."""
+    from hiper.batch import TurnBatch
+    from hiper.models.policy import response_logprobs
+
+    trainer = Trainer(tiny_config(estimator, env={"max_steps": 4, "n_envs": 6}), tokenizer=tokenizer)
+    trajs, _ = algorithm.rollout(trainer.config, trainer.learner(), trainer.manager("train"),
+                                 trainer.tasks_for_iteration(0), 1, 1.0, seed=5)
+    batch = TurnBatch.from_trajectories(trajs, trainer.table, trainer.pad_id)
+    for _, mb in batch.micro_batches(torch.arange(len(batch)), 5):
+        ids, mask = mb.input_ids()
+        p_ids, p_mask, start = mb.packed_inputs()
+        assert p_ids.shape[1] <= ids.shape[1]
+        for r in range(len(mb)):
+            assert p_ids[r][p_mask[r].bool()].tolist() == ids[r][mask[r].bool()].tolist()
+            assert int(start[r]) == int(mb.prompt_mask[r].sum())
+        with torch.no_grad():
+            a, _ = response_logprobs(trainer.policy, ids, mask, mb.prompt_width, mb.response_ids)
+            b, _ = response_logprobs(trainer.policy, p_ids, p_mask, start, mb.response_ids)
+            va = trainer.critic.read_values(ids, mask, mb.prompt_width, mb.v_low_pos)
+            vb = trainer.critic.read_values(p_ids, p_mask, start, mb.v_low_pos, response_width=mb.response_width)
+        m = mb.response_mask
+        assert torch.allclose(a[m], b[m], atol=1e-5)
+        for head, v in va.items():
+            ok = m if v.dim() == 2 else torch.ones(len(mb), dtype=torch.bool)
+            assert torch.allclose(v[ok], vb[head][ok], atol=1e-5), head
+    if estimator == "token_gae":
+        with pytest.raises(ValueError, match="needs response_width"):
+            trainer.critic.read_values(p_ids, p_mask, start, mb.v_low_pos)

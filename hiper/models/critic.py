@@ -33,7 +33,13 @@ import torch
 from torch import Tensor, nn
 
 from hiper.config.schema import CriticConfig
-from hiper.models.policy import backbone_and_head, hidden_states, position_ids_from_mask, resolve_dtype
+from hiper.models.policy import (
+    backbone_and_head,
+    hidden_states,
+    position_ids_from_mask,
+    resolve_dtype,
+    response_states,
+)
 from hiper.rollout.hf import cache_keyword
 
 #: channel index of each named head.
@@ -140,21 +146,26 @@ class ValueModel(nn.Module):
         self,
         input_ids: Tensor,
         attention_mask: Tensor,
-        prompt_width: int,
+        prompt_width: int | Tensor,
         v_low_pos: Tensor,
         keep_ids: Tensor | None = None,
         keep_mask: Tensor | None = None,
+        response_width: int | None = None,
     ) -> dict[str, Tensor]:
         """Values ``{head: [B]}`` at the read positions (see the module docstring); a per-token critic returns
         ``{"token": [B, L]}``, the value before each response token (padding positions hold garbage: mask them).
 
         ``input_ids``/``attention_mask`` are ``[B, P + L]`` with ``P = prompt_width``; ``v_low_pos`` is
-        ``[B]`` long, response positions in ``[0, L)``. With ``keep_ids``/``keep_mask`` (``[B, K]``, right-padded
+        ``[B]`` long, response positions in ``[0, L)``. A packed batch (:meth:`hiper.batch.TurnBatch.packed_inputs`)
+        passes each row's response start ``[B]`` as ``prompt_width`` (not with ``keep_ids``), and a per-token critic
+        then needs the batch's ``response_width`` ``L``. With ``keep_ids``/``keep_mask`` (``[B, K]``, right-padded
         KEEP-continuation tokens that end at the low read position, see
         :meth:`hiper.batch.TurnBatch.with_keep_continuations`) the result also has
         ``low_keep`` = V^low(s_t, o_{t-1}): the low head after the last KEEP token, from the same prompt encoding.
         """
         with_keep = keep_ids is not None
+        if with_keep and not isinstance(prompt_width, int):
+            raise ValueError("KEEP continuations need the [P | L] layout (an int prompt_width), not a packed batch")
         if with_keep and (keep_mask is None or self.n_heads < 2):
             raise ValueError("low_keep needs keep_mask and a critic with a low head (n_heads >= 2)")
         # shared mode: the policy's backbone is frozen for the value loss (heads-only training)
@@ -172,10 +183,19 @@ class ValueModel(nn.Module):
         batch = torch.arange(input_ids.shape[0], device=input_ids.device)
         out: dict[str, Tensor] = {}
         if self.per_token:
-            states = h[:, prompt_width - 1 : input_ids.shape[1] - 1]  # [B, L, H]: before each response token
+            # [B, L, H]: the states before each response token
+            if isinstance(prompt_width, int):
+                length = input_ids.shape[1] - prompt_width
+            elif response_width is None:
+                raise ValueError("a per-token critic on a packed batch needs response_width")
+            else:
+                length = response_width
+            states = response_states(h, prompt_width, length)
             out["token"] = self.value_head(states.to(self.value_head.weight.dtype)).float()[..., 0]
             return out
-        pre = h[:, prompt_width - 1]  # [B, H] state after the prompt
+        if not isinstance(prompt_width, int):
+            prompt_width = prompt_width.to(h.device).long()
+        pre = h[batch, prompt_width - 1]  # [B, H] state after the prompt
         pre_values = self.value_head(pre.to(self.value_head.weight.dtype)).float()  # [B, n_heads]
         if self.n_heads == 1:
             out["turn"] = pre_values[:, 0]

@@ -228,18 +228,30 @@ def hidden_states(decoder: nn.Module, input_ids: Tensor, attention_mask: Tensor)
     return out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
 
 
+def response_states(h: Tensor, start: int | Tensor, length: int) -> Tensor:
+    """Hidden states ``[B, length, H]`` that predict response tokens ``0 .. length - 1``: input positions
+    ``start - 1 + j``. ``start`` is the prompt width of a ``[P | L]`` batch (an int) or each row's first response
+    position ``[B]`` in a packed one (:meth:`hiper.batch.TurnBatch.packed_inputs`); positions past a row's end
+    are clamped to the last column (their values are padding: callers mask them)."""
+    if isinstance(start, int):
+        return h[:, start - 1 : start - 1 + length]
+    idx = ((start.to(h.device).long() - 1)[:, None] + torch.arange(length, device=h.device)).clamp(0, h.shape[1] - 1)
+    return h.gather(1, idx[..., None].expand(-1, -1, h.shape[-1]))
+
+
 def response_logprobs(
     model: nn.Module,
     input_ids: Tensor,
     attention_mask: Tensor,
-    prompt_width: int,
+    prompt_width: int | Tensor,
     response_ids: Tensor,
     temperature: float = 1.0,
     with_entropy: bool = False,
 ) -> tuple[Tensor, Tensor | None]:
     """Log-probs ``[B, L]`` of ``response_ids`` and optionally the per-position entropy ``[B, L]`` (nats).
 
-    ``input_ids``/``attention_mask`` are ``[B, P + L]`` with ``P = prompt_width``. Only the ``L`` needed
+    ``input_ids``/``attention_mask`` are ``[B, P + L]`` with ``P = prompt_width``, or a packed ``[B, W]`` batch with
+    ``prompt_width`` the ``[B]`` start of each row's response (:func:`response_states`). Only the ``L`` needed
     hidden states go through the LM head, so memory is ``B * L * V`` rather than ``B * (P + L) * V``.
     Logits are divided by ``temperature`` (the sampling temperature, as verl does).
     """
@@ -249,7 +261,7 @@ def response_logprobs(
         )
     decoder, head = backbone_and_head(model)
     length = response_ids.shape[1]
-    h = hidden_states(decoder, input_ids, attention_mask)[:, prompt_width - 1 : prompt_width - 1 + length]
+    h = response_states(hidden_states(decoder, input_ids, attention_mask), prompt_width, length)
     logits = head(h).float()
     if temperature != 1.0:
         logits = logits / temperature
@@ -276,5 +288,6 @@ __all__ = [
     "position_ids_from_mask",
     "resolve_dtype",
     "response_logprobs",
+    "response_states",
     "unwrap",
 ]

@@ -267,8 +267,9 @@ def update_critic(cfg: HiperConfig, learner: Learner, batch: TurnBatch, scores: 
             n_head = {h: int(targets.value_mask[h][mb_rows].sum()) for h in heads}
             finite = True
             for rows, mb in batch.micro_batches(mb_rows, ccfg.micro_batch_size):
-                ids, mask = mb.input_ids()
-                vals = critic.read_values(ids.to(device), mask.to(device), mb.prompt_width, mb.v_low_pos.to(device))
+                ids, mask, start = mb.packed_inputs()
+                vals = critic.read_values(ids.to(device), mask.to(device), start, mb.v_low_pos.to(device),
+                                          response_width=mb.response_width)
                 loss = torch.zeros((), device=device)
                 width = mb.response_width  # a per-token head's targets are [N, L]: cut to the micro-batch's width
                 for h in heads:
@@ -317,8 +318,8 @@ def update_actor(cfg: HiperConfig, learner: Learner, batch: TurnBatch, scores: S
             finite = True
             for rows, mb in batch.micro_batches(mb_rows, acfg.micro_batch_size):
                 width = mb.response_width
-                ids, mask = mb.input_ids()
-                logp, entropy = response_logprobs(policy, ids.to(device), mask.to(device), mb.prompt_width,
+                ids, mask, start = mb.packed_inputs()
+                logp, entropy = response_logprobs(policy, ids.to(device), mask.to(device), start,
                                                   mb.response_ids.to(device), temperature=cfg.rollout.temperature,
                                                   with_entropy=True)
                 ref = take(scores.ref_logprobs, rows, width)

@@ -45,8 +45,8 @@ def logprobs(batch: TurnBatch, model: nn.Module, micro_batch_size: int, temperat
     for start in range(0, len(order), micro_batch_size):
         rows = order[start : start + micro_batch_size]
         mb = batch.select(rows)
-        ids, mask = mb.input_ids()
-        logp, _ = response_logprobs(model, ids.to(device), mask.to(device), mb.prompt_width,
+        ids, mask, start = mb.packed_inputs()
+        logp, _ = response_logprobs(model, ids.to(device), mask.to(device), start,
                                     mb.response_ids.to(device), temperature=temperature)
         out[rows, : logp.shape[1]] = logp.float().cpu()
     return out
@@ -68,12 +68,15 @@ def values(batch: TurnBatch, critic: ValueModel, micro_batch_size: int, device: 
     for start in range(0, len(order), micro_batch_size):
         rows = order[start : start + micro_batch_size]
         mb = batch.select(rows)
-        ids, mask = mb.input_ids()
-        keep = {}
-        if with_keep:
+        if with_keep:  # the KEEP continuations reuse the prompt's KV cache: the [P | L] layout
             assert mb.keep_ids is not None and mb.keep_mask is not None
-            keep = {"keep_ids": mb.keep_ids.to(device), "keep_mask": mb.keep_mask.long().to(device)}
-        vals = critic.read_values(ids.to(device), mask.to(device), mb.prompt_width, mb.v_low_pos.to(device), **keep)
+            ids, mask = mb.input_ids()
+            vals = critic.read_values(ids.to(device), mask.to(device), mb.prompt_width, mb.v_low_pos.to(device),
+                                      keep_ids=mb.keep_ids.to(device), keep_mask=mb.keep_mask.long().to(device))
+        else:
+            ids, mask, start = mb.packed_inputs()
+            vals = critic.read_values(ids.to(device), mask.to(device), start, mb.v_low_pos.to(device),
+                                      response_width=mb.response_width)
         for h, v in vals.items():
             if v.dim() == 2:  # per token: the micro-batch's response width, masked to each row's response
                 out[h][rows, : v.shape[1]] = (v.float() * mb.response_mask.to(v.device)).cpu()
