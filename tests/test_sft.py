@@ -77,3 +77,22 @@ def test_sft_with_a_huge_learning_rate_stops_naming_sft_lr(setup) -> None:
     with pytest.raises(UpdatesDiverged, match="lower sft.lr"):
         sft.sft_train(model, examples, tok.pad_token_id, epochs=3, lr=1e9, batch_size=4, max_bad_steps=3)
     assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_packed_losses_equal_one_example_at_a_time(setup) -> None:
+    """A packed batch (examples of different lengths side by side, padding after) gives each example's own NLL:
+    the response and prompt sums and token counts of the batch equal those of the examples one by one."""
+    tok, trajs = setup
+    examples = sft.examples_from_trajectories(trajs, tok)[:7]
+    model = build_tiny_model(tok, {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1,
+                                   "num_attention_heads": 2, "num_key_value_heads": 1}).eval()
+    pad = tok.pad_token_id
+    with torch.no_grad():
+        r, n_r, p, n_p = sft.full_nll_sums(model, examples, pad)
+        one = [sft.full_nll_sums(model, [e], pad) for e in examples]
+        nll, n = sft.nll_sum(model, examples, pad)
+    assert n_r == n == sum(len(e.response_ids) for e in examples) == sum(o[1] for o in one)
+    assert n_p == sum(len(e.prompt_ids) - 1 for e in examples) == sum(o[3] for o in one)
+    assert float(r) == pytest.approx(sum(float(o[0]) for o in one), rel=1e-5)
+    assert float(nll) == pytest.approx(float(r), rel=1e-5)
+    assert float(p) == pytest.approx(sum(float(o[2]) for o in one), rel=1e-5)

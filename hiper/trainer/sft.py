@@ -60,27 +60,29 @@ def examples_from_trajectories(
 
 def collate(
     examples: Sequence[SFTExample], pad_id: int, device: torch.device | None = None
-) -> tuple[Tensor, Tensor, int, Tensor, Tensor]:
-    """-> (input ids ``[B, P+L]``, attention mask, ``P``, response ids ``[B, L]``, response mask ``[B, L]``), on
-    ``device`` (default CPU).
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """-> (input ids ``[B, W]``, attention mask, response start ``[B]``, response ids ``[B, L]``, response mask
+    ``[B, L]``), on ``device`` (default CPU).
 
-    Prompts are left-padded to ``P``, responses right-padded to ``L`` (the trainer's layout).
+    Packed, as the RL updates (:meth:`hiper.batch.TurnBatch.packed_inputs`): row ``i`` is its prompt then its
+    response, padded after, so ``W`` is the longest example rather than the widest prompt plus the widest response;
+    ``start[i]`` is the prompt length (the input position of response token 0).
     """
-    p_w = max(len(e.prompt_ids) for e in examples)
+    width = max(len(e.prompt_ids) + len(e.response_ids) for e in examples)
     r_w = max(len(e.response_ids) for e in examples)
     b = len(examples)
-    prompt = torch.full((b, p_w), pad_id, dtype=torch.long)
-    pmask = torch.zeros((b, p_w), dtype=torch.long)
+    ids = torch.full((b, width), pad_id, dtype=torch.long)
+    mask = torch.zeros((b, width), dtype=torch.long)
     resp = torch.full((b, r_w), pad_id, dtype=torch.long)
     rmask = torch.zeros((b, r_w), dtype=torch.long)
     for i, e in enumerate(examples):
         lp, lr = len(e.prompt_ids), len(e.response_ids)
-        prompt[i, p_w - lp :] = torch.tensor(e.prompt_ids)
-        pmask[i, p_w - lp :] = 1
+        ids[i, : lp + lr] = torch.tensor(e.prompt_ids + e.response_ids)
+        mask[i, : lp + lr] = 1
         resp[i, :lr] = torch.tensor(e.response_ids)
         rmask[i, :lr] = 1
-    ids, mask = torch.cat([prompt, resp], 1), torch.cat([pmask, rmask], 1)
-    return ids.to(device), mask.to(device), p_w, resp.to(device), rmask.bool().to(device)
+    start = torch.tensor([len(e.prompt_ids) for e in examples], dtype=torch.long)
+    return ids.to(device), mask.to(device), start.to(device), resp.to(device), rmask.bool().to(device)
 
 
 def _device(model: nn.Module) -> torch.device:
@@ -89,8 +91,8 @@ def _device(model: nn.Module) -> torch.device:
 
 def nll_sum(model: nn.Module, examples: Sequence[SFTExample], pad_id: int) -> tuple[Tensor, int]:
     """(sum of response-token NLL, number of response tokens) of one batch (differentiable)."""
-    ids, mask, p_w, resp, rmask = collate(examples, pad_id, _device(model))
-    logp, _ = response_logprobs(model, ids, mask, p_w, resp)
+    ids, mask, start, resp, rmask = collate(examples, pad_id, _device(model))
+    logp, _ = response_logprobs(model, ids, mask, start, resp)
     return -masked_sum(logp, rmask), int(rmask.sum())
 
 
@@ -101,13 +103,14 @@ def full_nll_sums(model: nn.Module, examples: Sequence[SFTExample], pad_id: int)
     prediction). Used when ``prompt_loss_weight > 0``: a model trained from scratch has no language
     prior, and predicting the prompt text teaches it the world's vocabulary and structure.
     """
-    ids, mask, p_w, resp, rmask = collate(examples, pad_id, _device(model))
+    ids, mask, start, resp, rmask = collate(examples, pad_id, _device(model))
     decoder, head = backbone_and_head(model)
     logits = head(hidden_states(decoder, ids, mask)[:, :-1]).float()
     logp = torch.log_softmax(logits, -1).gather(-1, ids[:, 1:].unsqueeze(-1)).squeeze(-1)  # [B, S-1]
     target_mask = mask[:, 1:].bool() & mask[:, :-1].bool()
-    is_resp = torch.zeros_like(target_mask)
-    is_resp[:, p_w - 1 :] = rmask
+    # position j predicts token j + 1: a response token when start <= j + 1 < start + response length
+    nxt = torch.arange(1, ids.shape[1], device=ids.device)[None, :]
+    is_resp = (nxt >= start[:, None]) & (nxt < (start + rmask.sum(1))[:, None]) & target_mask
     prompt_mask = target_mask & ~is_resp
     return (-masked_sum(logp, is_resp), int(is_resp.sum()), -masked_sum(logp, prompt_mask),
             int(prompt_mask.sum()))
