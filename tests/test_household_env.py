@@ -92,6 +92,18 @@ def test_inadmissible_action_is_a_noop() -> None:
     assert obs.startswith("You are in the middle of a room.")
 
 
+def test_inadmissible_penalty_charges_only_the_no_op_steps() -> None:
+    env = HouseholdEnv(inadmissible_penalty=0.5)
+    _, info = env.reset(TaskSpec("household", "train", 5, 0))
+    assert env.step("fly to the moon")[1] == -0.5
+    assert env.step(info["admissible"][0])[1] == 0.0
+    traj = _play_expert(env, TaskSpec("household", "train", 5, 0))  # an expert never pays it
+    assert [r for _, _, _, r, _, _ in traj][:-1] == [0.0] * (len(traj) - 1) and traj[-1][3] == 10.0
+    for bad in (-1.0, float("nan")):
+        with pytest.raises(ValueError, match="inadmissible_penalty"):
+            HouseholdEnv(inadmissible_penalty=bad)
+
+
 def test_action_normalisation_and_put_alias() -> None:
     env = HouseholdEnv()
     env.reset(TaskSpec("household", "train", 0, 0))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Any
 
@@ -49,6 +50,9 @@ class HouseholdEnv:
             ``"truncated"`` (``info["truncated"] = True``, ``truncation_reason = "max_steps"``: a time limit the
             estimators may bootstrap across); see :data:`hiper.envs.base.STEP_LIMITS`.
         reward_scale: reward on the winning step (``reward_scale * won``), 0 otherwise.
+        inadmissible_penalty: subtracted from the reward of a step whose action is unknown or inadmissible (default
+            0: ALFWorld gives none). A dense signal for a model trained from scratch, whose main failure is naming
+            an action that is not there (the CPU demo uses it; docs/results_cpu_demo.md).
         difficulty: preset name (``"tiny" | "default" | "hard" | "chain"``), a
             :class:`HouseholdConfig`, or a dict ``{"preset": ..., <field>: value}``.
         **overrides: :class:`HouseholdConfig` fields overriding the preset (``n_receptacles=(6, 8)``).
@@ -67,9 +71,13 @@ class HouseholdEnv:
         reward_scale: float = 10.0,
         difficulty: str | HouseholdConfig | dict[str, Any] | None = "default",
         step_limit: str = "terminal",
+        inadmissible_penalty: float = 0.0,
         **overrides: Any,
     ) -> None:
         step_limit_flags(step_limit, False)  # validates the value
+        if not math.isfinite(inadmissible_penalty) or inadmissible_penalty < 0:
+            raise ValueError(f"inadmissible_penalty must be a finite number >= 0, got {inadmissible_penalty}")
+        self.inadmissible_penalty = float(inadmissible_penalty)
         self.step_limit = step_limit
         self.config = resolve_config(difficulty, **overrides)
         self.max_steps = self.config.max_steps if max_steps is None else int(max_steps)
@@ -167,7 +175,7 @@ class HouseholdEnv:
         self._won = won
         limit = not won and self._step >= self.max_steps
         self._done = won or limit
-        reward = self.reward_scale if won else 0.0
+        reward = (self.reward_scale if won else 0.0) - (self.inadmissible_penalty if op is None else 0.0)
         return obs, reward, self._done, self._info(*step_limit_flags(self.step_limit, limit))
 
     def _info(self, truncated: bool = False, reason: str | None = None) -> dict[str, Any]:
