@@ -214,8 +214,9 @@ class TrainerSection:
                                        "credit, for hiper view (0 = none)")
     max_bad_updates: int = setting(3, "stop the run after this many consecutive rolled-back optimizer steps "
                                    "(non-finite loss, gradients or weights; RL counts iterations whose steps all failed)")
-    parallel_phases: bool = setting(True, "run independent phases on two threads (reference log-probs with critic "
-                                    "values, critic update with actor update); bit-identical results")
+    parallel_phases: bool = setting(True, "run independent work on two threads: reference log-probs with critic "
+                                    "values and the critic update with the actor update (bit-identical results), "
+                                    "the two halves of each SFT micro-batch (the same gradient up to float rounding)")
 
 
 @dataclass

@@ -253,7 +253,8 @@ class Trainer:
             res = sft.sft_train(self.policy, examples, self.pad_id, epochs=s.epochs, lr=s.lr, batch_size=s.batch_size,
                                 seed=derive_seed(self.seed, SFT_SHUFFLE_STREAM), micro_batch_size=s.micro_batch_size,
                                 prompt_loss_weight=s.prompt_loss_weight, max_steps=s.max_steps,
-                                max_bad_steps=self.config.trainer.max_bad_updates, on_step=bar)
+                                max_bad_steps=self.config.trainer.max_bad_updates, on_step=bar,
+                                parallel=self.config.trainer.parallel_phases)
         after = sft.mean_nll(self.policy, examples, self.pad_id)
         self.sft_done = True
         self._sync_engine()
