@@ -156,6 +156,7 @@ ERRORS = [
     (["rollout.top_p=0"], ["rollout.top_p=0.0 must be in (0, 1]"]),
     (["actor.micro_batch_size=256"], ["micro_batch_size=256 must be <= actor.mini_batch_size=128"]),
     (["sft.prompt_loss_weight=-1"], ["sft.prompt_loss_weight=-1.0 must be >= 0"]),
+    (["sft.nll_examples=-1"], ["sft.nll_examples=-1 must be >= 0"]),
     (["critic.micro_batch_size=0"], ["critic.micro_batch_size=0 must be >= 1"]),
     (["model.path=Qwen/Qwen2.5-1.5B-Instruct"], ["not both", "model.tiny=null"]),
     (["model.tiny=null"], ["model.path is null and model.tiny is null"]),
