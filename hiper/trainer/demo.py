@@ -10,7 +10,7 @@ preset (``hiper/presets/cpu_demo.yaml``). :func:`run_demo` runs
 3. HiPER RL iterations with periodic held-out evaluation,
 4. the final held-out evaluation, a before/after table and a learning-curve PNG.
 
-``hiper train`` with no config runs it; ``python -m hiper.trainer.demo --seed 1`` too. ~8.5 minutes on 2 quiet CPU
+``hiper train`` with no config runs it; ``python -m hiper.trainer.demo --seed 1`` too. About 5 minutes on 2 quiet CPU
 cores; measured results in ``docs/results_cpu_demo.md``.
 """
 
