@@ -1,0 +1,85 @@
+"""The CPU demo over several seeds: one markdown table, the spread, and one plot of every seed's learning curve.
+
+    .venv/bin/python -m hiper.trainer.demo --seed 1 --output-dir runs/cpu_demo_s1     # one folder per seed
+    .venv/bin/python scripts/demo_seeds.py runs/cpu_demo runs/cpu_demo_s1 ... --plot docs/cpu_demo_learning_curve.png
+
+Each folder holds the ``demo_result.json`` a demo run writes (``before`` / ``after`` held-out metrics, the metric
+``history``, ``wall_s``, ``seed``). Prints per seed the held-out success at every evaluation, the gain (after minus
+before, same seed) and the wall time, then mean, sample standard deviation (n - 1) and range over seeds of the
+SFT-only success, the final success and the gain.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+from pathlib import Path
+from typing import Any
+
+
+def load(folder: str) -> dict[str, Any]:
+    path = Path(folder) / "demo_result.json"
+    if not path.is_file():
+        raise SystemExit(f"demo_seeds: {path} not found (run the demo into {folder} first)")
+    return json.loads(path.read_text())
+
+
+def curve(run: dict[str, Any], key: str) -> list[tuple[int, float]]:
+    """``(iteration, value)`` of ``key`` in the run's history."""
+    return [(int(r.get("iteration", r.get("step", 0))), float(r[key])) for r in run["history"] if key in r]
+
+
+def spread(values: list[float]) -> str:
+    sd = statistics.stdev(values) if len(values) > 1 else float("nan")
+    return f"{statistics.mean(values):.3f} | {sd:.3f} | {max(values) - min(values):.3f}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("folders", nargs="+", help="demo run folders (each with demo_result.json)")
+    p.add_argument("--plot", default=None, help="write the learning curves of all seeds to this PNG")
+    args = p.parse_args(argv)
+    runs = sorted((load(f) for f in args.folders), key=lambda r: r["seed"])
+    its = sorted({i for r in runs for i, _ in curve(r, "eval/success")})
+    print("| seed | " + " | ".join(f"it. {i}" for i in its) + " | gain (points) | wall time |")
+    print("|---" * (len(its) + 3) + "|")
+    before, after, gains = [], [], []
+    for r in runs:
+        ev = dict(curve(r, "eval/success"))
+        b, a = float(r["before"]["eval/success"]), float(r["after"]["eval/success"])
+        before.append(b)
+        after.append(a)
+        gains.append(100 * (a - b))
+        cells = " | ".join(f"{ev[i]:.3f}" if i in ev else "" for i in its)
+        print(f"| {r['seed']} | {cells} | {100 * (a - b):+.1f} | {r['wall_s']:.0f} s |")
+    print("\n| over seeds | mean | std | range |\n|---|---|---|---|")
+    print(f"| SFT-only success | {spread(before)} |\n| final success | {spread(after)} |")
+    sd = statistics.stdev(gains) if len(gains) > 1 else float("nan")
+    print(f"| gain (points) | {statistics.mean(gains):+.1f} | {sd:.1f} | {min(gains):+.1f} ... {max(gains):+.1f} |")
+    if args.plot:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=120)
+        for r in runs:
+            (line,) = ax.plot(*zip(*curve(r, "eval/success")), marker="o", markersize=3, label=f"seed {r['seed']}")
+            train = curve(r, "train/success")
+            if train:
+                ax.plot(*zip(*train), color=line.get_color(), alpha=0.2, linewidth=0.8)
+        ax.set_xlabel("RL iteration")
+        ax.set_ylabel("success")
+        ax.set_title("CPU demo: held-out success (faint: training rollouts, T = 1)")
+        ax.grid(alpha=0.3)
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(args.plot)
+        plt.close(fig)
+        print(f"\nwrote {args.plot}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
