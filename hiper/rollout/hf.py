@@ -177,18 +177,13 @@ class HFEngine:
         self._stop_tables[stop] = table
         return table
 
-    def _forward(self, input_ids: torch.Tensor, mask: torch.Tensor, pos: torch.Tensor, cache: Any) -> Any:
-        kwargs: dict[str, Any] = {}
-        if self._keep_kw is not None:
-            kwargs[self._keep_kw] = 1
-        return self.model(
-            input_ids=input_ids,
-            attention_mask=mask,
-            position_ids=pos,
-            use_cache=True,
-            **{self._cache_kw: cache},
-            **kwargs,
-        )
+    def _stepper(self, rows: int, width: int) -> Any:
+        """The incremental forward of one batch: :class:`~hiper.rollout.lean_qwen2.LeanQwen2` when it covers the
+        model, else :class:`_CachedForward` (transformers' forward with a ``DynamicCache``); both take
+        ``forward(input_ids, position_ids, key_mask) -> last logits`` and ``keep(rows)``."""
+        if self.lean and lean_qwen2.supports(self.model):
+            return lean_qwen2.LeanQwen2(self.model, rows, width)
+        return _CachedForward(self.model, self._cache_kw, self._keep_kw)
 
     @staticmethod
     def _choose(
@@ -238,8 +233,6 @@ class HFEngine:
         stop: tuple[str, ...],
         generator: torch.Generator,
     ) -> list[GenerationOutput]:
-        from transformers import DynamicCache
-
         dev, n = self.device, len(prompts)
         width = max(len(p) for p in prompts)
         input_ids = torch.full((n, width), self.pad_token_id, dtype=torch.long)
@@ -249,13 +242,8 @@ class HFEngine:
             mask[i, width - len(p) :] = 1
         input_ids, mask = input_ids.to(dev), mask.to(dev)
         pos = (mask.cumsum(-1) - 1).clamp(min=0)
-        lean = lean_qwen2.LeanQwen2(self.model, n, width + max_new_tokens) if (
-            self.lean and lean_qwen2.supports(self.model)) else None
-        cache = DynamicCache() if lean is None else None
-        if lean is not None:
-            logits = lean.forward(input_ids, pos, mask)
-        else:
-            logits = self._forward(input_ids, mask, pos, cache).logits[:, -1, :].float()
+        step = self._stepper(n, width + max_new_tokens)
+        logits = step.forward(input_ids, pos, mask)
         next_pos = pos[:, -1] + 1
 
         tokens = torch.full((n, max_new_tokens), self.pad_token_id, dtype=torch.long, device=dev)
@@ -293,22 +281,14 @@ class HFEngine:
             if t == max_new_tokens - 1 or not bool(running.any()):
                 break
             # stopped rows stop growing: masked pad input now, dropped from the cache once enough stopped
-            if float((~running).float().mean()) >= _COMPACT_FRACTION and (
-                lean is not None or hasattr(cache, "batch_select_indices")
-            ):
+            if float((~running).float().mean()) >= _COMPACT_FRACTION and step.can_compact:
                 keep = running.nonzero().flatten()
-                if lean is not None:
-                    lean.keep(keep)
-                elif cache is not None:
-                    cache.batch_select_indices(keep)
+                step.keep(keep)
                 rows, mask, next_pos, token = rows[keep], mask[keep], next_pos[keep], token[keep]
                 running = running[keep]
             token = torch.where(running, token, torch.full_like(token, self.pad_token_id))
             mask = torch.cat([mask, running.long()[:, None]], dim=1)
-            if lean is not None:
-                logits = lean.forward(token[:, None], next_pos[:, None], mask)
-            else:
-                logits = self._forward(token[:, None], mask, next_pos[:, None], cache).logits[:, -1, :].float()
+            logits = step.forward(token[:, None], next_pos[:, None], mask)
             next_pos = next_pos + 1
 
         lengths_list = lengths.tolist()
@@ -330,6 +310,27 @@ class HFEngine:
                 )
             )
         return outputs
+
+
+class _CachedForward:
+    """transformers' own forward with a ``DynamicCache``, behind :class:`~hiper.rollout.lean_qwen2.LeanQwen2`'s
+    incremental interface (for any model the lean path does not cover)."""
+
+    def __init__(self, model: Any, cache_kw: str, keep_kw: str | None) -> None:
+        from transformers import DynamicCache
+
+        self.model, self.cache = model, DynamicCache()
+        # prefill keeps only the last position's logits (no [batch, prompt, vocab] tensor)
+        self.kwargs: dict[str, Any] = {cache_kw: self.cache, **({keep_kw: 1} if keep_kw is not None else {})}
+        self.can_compact = hasattr(self.cache, "batch_select_indices")
+
+    def forward(self, input_ids: torch.Tensor, position_ids: torch.Tensor, key_mask: torch.Tensor) -> torch.Tensor:
+        out = self.model(input_ids=input_ids, attention_mask=key_mask, position_ids=position_ids, use_cache=True,
+                         **self.kwargs)
+        return out.logits[:, -1, :].float()
+
+    def keep(self, rows: torch.Tensor) -> None:
+        self.cache.batch_select_indices(rows)
 
 
 __all__ = ["HFEngine", "cache_keyword"]

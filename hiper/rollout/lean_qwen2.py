@@ -76,6 +76,7 @@ class LeanQwen2:
         self.k = torch.zeros(shape, dtype=dtype, device=device)
         self.v = torch.zeros(shape, dtype=dtype, device=device)
         self.length = 0  # tokens in the buffer
+        self.can_compact = True  # keep() drops rows (HFEngine asks; transformers' caches may not support it)
 
     def _norm(self, x: Tensor, weight: Tensor) -> Tensor:
         xf = x.float()
