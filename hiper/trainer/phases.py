@@ -3,7 +3,9 @@
 Reference log-probs and critic values, and later the critic and actor updates, read the same frozen inputs and
 write disjoint models, so they can run on two threads: torch releases the GIL inside its kernels and each thread
 uses its own core (``trainer.num_threads: 1`` keeps each phase on one). The results are bit-identical to running
-them one after the other (same inputs, same per-phase order of operations, no shared random stream).
+them one after the other (same inputs, same per-phase order of operations, no shared random stream). SFT
+(:func:`hiper.trainer.sft.sft_train`) runs the two halves of each micro-batch through :func:`both` too, the second
+on a replica of the policy.
 """
 
 from __future__ import annotations

@@ -11,8 +11,8 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import torch
@@ -27,6 +27,7 @@ from hiper.rollout.manager import EnvManager
 from hiper.rollout.policies import ExpertPolicy
 from hiper.rollout.records import Trajectory
 from hiper.trainer.optim import adamw
+from hiper.trainer.phases import both
 
 
 @dataclass
@@ -172,7 +173,9 @@ def sft_train(
     gen = torch.Generator().manual_seed(seed)
     micro = micro_batch_size or batch_size
     model.train()
-    replica = _Replica(model) if parallel else None
+    replica = copy.deepcopy(model).train() if parallel else None
+    pairs = [] if replica is None else [
+        (p, q) for p, q in zip(model.parameters(), replica.parameters()) if p.requires_grad]
 
     def half_loss(net: nn.Module, part: Sequence[SFTExample], n_tok: int, n_prompt: int) -> Tensor:
         """The micro-batch loss of ``part`` on ``net``, backpropagated (token sums over the batch's counts)."""
@@ -202,19 +205,25 @@ def sft_train(
             for m in range(0, len(batch), micro):
                 part = batch[m : m + micro]
                 if replica is not None and len(part) > 1:
-                    pending = replica.submit(half_loss, part[1::2], n_tok, n_prompt)
-                    loss = half_loss(model, part[::2], n_tok, n_prompt) + pending.result()
+                    a, b = both(partial(half_loss, model, part[::2], n_tok, n_prompt),
+                                partial(half_loss, replica, part[1::2], n_tok, n_prompt),
+                                parallel=True, times={}, names=("sft_half", "sft_replica_half"))
+                    loss = a + b
                 else:
                     loss = half_loss(model, part, n_tok, n_prompt)
                 if not torch.isfinite(loss):
                     finite = False
                     break
                 total += float(loss)
-            if replica is not None:
-                replica.add_grads_to(params, finite)
+            with torch.no_grad():  # the replica's half of the gradient joins the model's; it is then cleared
+                for p, q in pairs:
+                    if finite and q.grad is not None:
+                        p.grad = q.grad.clone() if p.grad is None else p.grad.add_(q.grad)
+                    q.grad = None
             stepped, _ = safe_step(opt, params, grad_clip, loss_finite=finite)
-            if replica is not None:
-                replica.take_weights()
+            with torch.no_grad():  # the replica takes the new (or rolled-back) weights
+                for p, q in pairs:
+                    q.copy_(p)
             skipped += not stepped
             bad_run = 0 if stepped else bad_run + 1
             if max_bad_steps is not None and bad_run >= max_bad_steps:
@@ -223,36 +232,6 @@ def sft_train(
             losses.append(total if finite else math.nan)
             if on_step is not None:
                 on_step(1)
-    if replica is not None:
-        replica.close()
     model.eval()
     return {"losses": losses, "steps": len(losses), "skipped": skipped}
 
-
-class _Replica:
-    """A copy of the model on a worker thread for :func:`sft_train`'s second half-batch."""
-
-    def __init__(self, model: nn.Module) -> None:
-        self.model = model
-        self.copy = copy.deepcopy(model).train()
-        self.pool = ThreadPoolExecutor(max_workers=1)
-        self.pairs = [(p, q) for p, q in zip(model.parameters(), self.copy.parameters()) if p.requires_grad]
-
-    def submit(self, fn: Callable[..., Tensor], part: Sequence[SFTExample], *counts: int) -> Future[Tensor]:
-        return self.pool.submit(fn, self.copy, part, *counts)
-
-    @torch.no_grad()
-    def add_grads_to(self, params: Sequence[nn.Parameter], finite: bool) -> None:
-        """Add the replica's gradients to the model's (when the whole batch was finite) and clear them."""
-        for p, q in self.pairs:
-            if finite and q.grad is not None:
-                p.grad = q.grad.clone() if p.grad is None else p.grad.add_(q.grad)
-            q.grad = None
-
-    @torch.no_grad()
-    def take_weights(self) -> None:
-        for p, q in self.pairs:
-            q.copy_(p)
-
-    def close(self) -> None:
-        self.pool.shutdown()
