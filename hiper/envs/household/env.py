@@ -52,7 +52,8 @@ class HouseholdEnv:
         reward_scale: reward on the winning step (``reward_scale * won``), 0 otherwise.
         inadmissible_penalty: subtracted from the reward of a step whose action is unknown or inadmissible (default
             0: ALFWorld gives none). A dense signal for a model trained from scratch, whose main failure is naming
-            an action that is not there (the CPU demo uses it; docs/results_cpu_demo.md).
+            an action that is not there (tried on the CPU demo, where it did not help beyond noise:
+            docs/results_cpu_demo.md).
         difficulty: preset name (``"tiny" | "default" | "hard" | "chain"``), a
             :class:`HouseholdConfig`, or a dict ``{"preset": ..., <field>: value}``.
         **overrides: :class:`HouseholdConfig` fields overriding the preset (``n_receptacles=(6, 8)``).
