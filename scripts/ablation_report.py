@@ -33,8 +33,8 @@ def _train_means(rows: list[dict], last: int) -> tuple[float, str]:
         return math.nan, "-"
     heads = sorted({k for r in train for k in r if k.startswith("critic/explained_var_")})
 
-    def median(key: str) -> float:  # of the defined values: a batch whose targets are all equal has none
-        xs = [r[key] for r in train if key in r and math.isfinite(r[key])]
+    def median(key: str) -> float:  # of the defined values: a batch whose targets are all equal has none (null)
+        xs = [r[key] for r in train if isinstance(r.get(key), (int, float)) and math.isfinite(r[key])]
         return statistics.median(xs) if xs else math.nan
 
     ev = ", ".join(f"{k.rsplit('_', 1)[-1]} {median(k):.2f}" for k in heads)
