@@ -35,6 +35,14 @@ def spread(values: list[float]) -> str:
     return f"{statistics.mean(values):.3f} | {sd:.3f} | {max(values) - min(values):.3f}"
 
 
+def plot_title(runs: list[dict[str, Any]]) -> str:
+    """The figure's title; it names the training temperature only when every run recorded the same one (files
+    written before ``train_temperature`` was recorded lack it)."""
+    temps = {r.get("train_temperature") for r in runs}
+    at = f", T = {temps.pop():g}" if len(temps) == 1 and None not in temps else ""
+    return f"CPU demo: held-out success (faint: training rollouts{at})"
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("folders", nargs="+", help="demo run folders (each with demo_result.json)")
@@ -71,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
                 ax.plot(*zip(*train), color=line.get_color(), alpha=0.2, linewidth=0.8)
         ax.set_xlabel("RL iteration")
         ax.set_ylabel("success")
-        ax.set_title("CPU demo: held-out success (faint: training rollouts, T = 1)")
+        ax.set_title(plot_title(runs))
         ax.grid(alpha=0.3)
         ax.legend()
         fig.tight_layout()

@@ -85,7 +85,7 @@ def test_overrides_are_yaml_values():
     assert cfg.actor.lr == 1e-6 and isinstance(cfg.actor.lr, float)
     assert cfg.trainer.logger == ["console", "jsonl"]
     assert cfg.critic.cliprange_value is None and cfg.sft.enabled is False
-    assert cfg.env.kwargs == {"difficulty": "small", "step_limit": "truncated"}  # one key set, the rest kept
+    assert cfg.env.kwargs == {"difficulty": "small", "step_limit": "truncated", "inadmissible_penalty": 0.5}  # one key set, the rest kept
     assert cfg.model.tiny["hidden_size"] == 64 and cfg.model.tiny["num_hidden_layers"] == 3
     assert cfg.trainer.experiment_name == "7"
 
@@ -110,7 +110,7 @@ def test_user_file_with_base(tmp_path):
     user.write_text("base: cpu_demo\nenv:\n  max_steps: 7\nalgorithm:\n  hae:\n    keep_penalty: -0.1\n")
     cfg = load_config(str(user), ["env.n_envs=4"])
     assert (cfg.env.max_steps, cfg.env.n_envs, cfg.algorithm.hae.keep_penalty) == (7, 4, -0.1)
-    assert cfg.env.history_length == 2  # from the base
+    assert cfg.env.history_length == 4  # from the base (the preset's, not the schema's 2)
 
 
 def test_hub_ids_versus_local_paths(tmp_path):

@@ -42,8 +42,10 @@ class _ConsoleLogger:
             print(f"[{step:3d}] " + "  ".join(f"{k.split('/', 1)[1]}={v:.3f}" for k, v in shown.items()), flush=True)
 
 
-def plot_learning_curve(history: Sequence[Mapping[str, Any]], path: str, title: str = "HiPER CPU demo") -> str:
-    """Write a PNG of training success (per iteration) and held-out success (per evaluation)."""
+def plot_learning_curve(history: Sequence[Mapping[str, Any]], path: str, title: str = "HiPER CPU demo",
+                        train_temperature: float = 1.0) -> str:
+    """Write a PNG of training success (per iteration; rollouts sampled at ``train_temperature``) and held-out
+    success (per evaluation)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -54,7 +56,7 @@ def plot_learning_curve(history: Sequence[Mapping[str, Any]], path: str, title: 
     ev_it = [h["iteration"] for h in history if "eval/success" in h]
     ev = [h["eval/success"] for h in history if "eval/success" in h]
     fig, ax = plt.subplots(figsize=(6, 3.6))
-    ax.plot(it, tr, color="tab:blue", alpha=0.6, label="train rollouts (T=1)")
+    ax.plot(it, tr, color="tab:blue", alpha=0.6, label=f"train rollouts (T={train_temperature:g})")
     ax.plot(ev_it, ev, "o-", color="tab:red", label="held-out eval")
     ax.set_xlabel("RL iteration (0 = after SFT)")
     ax.set_ylabel("success rate")
@@ -87,7 +89,8 @@ def format_table(before: Mapping[str, Any], after: Mapping[str, Any], after_labe
 def run_demo(config: HiperConfig, output_dir: str | None = None, quiet: bool = False, plot: bool = True,
              logger: Any = None, on_done: Callable[[Trainer], None] | None = None,
              samples: Callable[[list[dict[str, Any]]], Any] | None = None) -> dict[str, Any]:
-    """Run the whole demo; returns ``{"before", "after", "history", "wall_s", "table", "png", "seed"}``.
+    """Run the whole demo; returns ``{"before", "after", "history", "wall_s", "table", "png", "seed",
+    "train_temperature"}``.
 
     ``output_dir`` overrides ``config.output_dir``. Writes ``demo_result.json`` and ``learning_curve.png`` there.
     ``on_done(trainer)`` runs after training (``hiper train`` saves the final checkpoint with it).
@@ -119,9 +122,10 @@ def run_demo(config: HiperConfig, output_dir: str | None = None, quiet: bool = F
     table = format_table(before, after, "SFT + HiPER RL" if estimator == "hae" else f"SFT + {estimator.upper()} RL")
     png = None
     if plot:
-        png = plot_learning_curve(history, os.path.join(out_dir, "learning_curve.png"))
+        png = plot_learning_curve(history, os.path.join(out_dir, "learning_curve.png"),
+                                  train_temperature=config.rollout.temperature)
     result = {"before": before, "after": after, "history": history, "wall_s": wall, "table": table, "png": png,
-              "seed": config.seed}
+              "seed": config.seed, "train_temperature": config.rollout.temperature}
     with open(os.path.join(out_dir, "demo_result.json"), "w") as f:
         json.dump({k: v for k, v in result.items() if k != "table"}, f, indent=1, default=float)
     if not quiet:
