@@ -116,3 +116,48 @@ def test_two_thread_sft_takes_the_same_steps(setup) -> None:
     assert rb["losses"] == pytest.approx(ra["losses"], rel=1e-4)
     for (name, p), q in zip(a.named_parameters(), b.parameters()):
         assert torch.allclose(p, q, atol=1e-5), name
+
+
+def noisy_trajectories(noise: float, seed: int, n: int = 12):
+    from hiper.envs import make_batch, task_panel
+    from hiper.rollout.manager import EnvManager
+
+    manager = EnvManager(make_batch("household", difficulty="tiny"), family="household", renderer=compact_renderer,
+                         history_length=4)
+    return sft.expert_trajectories(manager, task_panel("household", "train", n=n, seed=1), noise=noise, seed=seed)
+
+
+def test_noisy_expert_recovers_and_perturbed_turns_are_not_cloned(setup) -> None:
+    """DART-style noise (sft.noise): some turns execute a perturbation (the previous action, often inadmissible, or
+    a random admissible one); the expert carries on from the state it left, so later turns show recoveries from
+    "Nothing happens."; the perturbed turns are context only and never become examples."""
+    tok, _ = setup
+    trajs = noisy_trajectories(0.3, seed=0)
+    perturbed = [t for tr in trajs for t in tr.turns if t.extras.get("perturbed")]
+    clean = [t for tr in trajs for t in tr.turns if not t.extras.get("perturbed")]
+    assert perturbed and clean
+    assert all(tr.turns[0].extras.get("perturbed") is None for tr in trajs)  # never the first turn
+    assert any(not t.admissible_action for t in perturbed)  # some perturbations are inadmissible actions
+    # a clone-able turn right after an inadmissible perturbation: the recovery a noise-free expert never shows
+    recoveries = [b for tr in trajs for a, b in zip(tr.turns, tr.turns[1:])
+                  if a.extras.get("perturbed") and not a.admissible_action and not b.extras.get("perturbed")]
+    assert recoveries and all("Nothing happens." in b.prompt for b in recoveries)
+    assert sum(tr.won for tr in trajs) >= len(trajs) - 2  # the expert still finishes almost every task
+    examples = sft.examples_from_trajectories(trajs, tok)
+    assert len(examples) == len(clean)
+    texts = {tok.decode(ex.response_ids, skip_special_tokens=True) for ex in examples}
+    assert all(t.response in texts for t in clean)
+
+
+def test_noisy_expert_is_seeded_and_noise_zero_is_the_plain_expert(setup) -> None:
+    a, b, c = noisy_trajectories(0.3, seed=0), noisy_trajectories(0.3, seed=0), noisy_trajectories(0.3, seed=1)
+    actions = [[t.action for t in tr.turns] for tr in a]
+    assert actions == [[t.action for t in tr.turns] for tr in b]
+    assert actions != [[t.action for t in tr.turns] for tr in c]
+    plain, zero = noisy_trajectories(0.0, seed=0), noisy_trajectories(0.0, seed=5)
+    assert [[t.response for t in tr.turns] for tr in plain] == [[t.response for t in tr.turns] for tr in zero]
+    assert not any(t.extras for tr in plain for t in tr.turns)
+    with pytest.raises(ValueError, match="noise must be in"):
+        from hiper.rollout.policies import ExpertPolicy
+
+        ExpertPolicy(object.__new__(type("S", (), {"expert": None})), noise=1.0)

@@ -191,6 +191,9 @@ class SFTConfig:
     max_examples: int | None = setting(None, "keep at most this many turn examples (seeded subset; null = all)")
     micro_batch_size: int | None = setting(None, "examples per forward/backward (null = batch_size)")
     prompt_loss_weight: float = setting(0.0, "weight of the next-token loss on prompt tokens (0 = response only)")
+    noise: float = setting(0.0, "DART-style expert noise: probability that an expert turn's action is replaced by "
+                           "its previous action or a random admissible one; such turns are executed, not trained on",
+                           "Laskey et al. 2017 (DART); hiper")
     nll_examples: int = setting(512, "the before/after response NLL (sft/nll_before, sft/nll_after) is measured on at "
                                 "most this many evenly spaced examples (0 = all; a full pass took 15 s in the demo)")
 

@@ -266,6 +266,7 @@ def _check_sft(cfg: HiperConfig) -> None:
         _check(val >= 1, f"{key}={val} must be >= 1")
     _positive(sft.lr, "sft.lr")
     _nonneg(sft.prompt_loss_weight, "sft.prompt_loss_weight")
+    _check(0.0 <= sft.noise < 1.0, f"sft.noise={sft.noise} must be in [0, 1) (the probability of a perturbed turn)")
     _check(sft.nll_examples >= 0, f"sft.nll_examples={sft.nll_examples} must be >= 0 (0 = all examples)")
     for key, val in (("sft.max_steps", sft.max_steps), ("sft.max_examples", sft.max_examples),
                      ("sft.micro_batch_size", sft.micro_batch_size), ("trainer.num_threads", tr.num_threads)):

@@ -66,26 +66,55 @@ class ExpertPolicy(BasePolicy):
     turn 0, where there is none) and ``KEEP`` otherwise, so the expert's KEEPs are always consistent.
     Under the flat protocol (``source.protocol == "flat"``) it writes ``<think>{subgoal}</think>`` and the
     action: the expert's subgoal is its reasoning.
+
+    ``noise`` > 0 perturbs the expert as DART does (Laskey et al. 2017, "DART: Noise Injection for Robust
+    Imitation Learning"): on each turn after the first, with probability ``noise``, the action is replaced by the
+    slot's previous action (what a weak policy's loops look like: often inadmissible, "Nothing happens.") or, half
+    the time, a random admissible one (a detour). The env executes it and the expert continues from the state it
+    left, so the turns after it show a recovery that a noise-free expert never visits. Perturbed turns carry
+    ``extras["perturbed"] = True`` so that behaviour cloning can leave them out. This needs an expert that plans
+    from the current state (the household world's does). Seeded: the same requests in the same order give the
+    same perturbations.
     """
 
-    def __init__(self, source: Any) -> None:
+    def __init__(self, source: Any, noise: float = 0.0, seed: int = 0) -> None:
         if not hasattr(source, "expert"):
             raise TypeError(f"{type(source).__name__} has no expert(slots)")
+        if not 0.0 <= noise < 1.0:
+            raise ValueError(f"noise must be in [0, 1), got {noise}")
         self.source = source
+        self.noise = noise
+        self.rng = random.Random(seed)
+        self._last_action: dict[int, str] = {}
 
     def act(self, requests: Sequence[TurnRequest]) -> dict[int, str]:
+        return self.act_with_extras(requests)[0]
+
+    def act_with_extras(
+        self, requests: Sequence[TurnRequest]
+    ) -> tuple[dict[int, str], dict[int, dict[str, Any]]]:
         switch = Switch
         steps = self.source.expert([r.slot for r in requests])
-        out = {}
+        out: dict[int, str] = {}
+        extras: dict[int, dict[str, Any]] = {}
         flat = getattr(self.source, "protocol", "plan_execute") == "flat"
         for r in requests:
             step = steps[r.slot]
+            action = step.action
+            if self.noise > 0.0 and r.turn > 0 and self.rng.random() < self.noise:
+                previous = self._last_action.get(r.slot)
+                if previous is not None and (not r.admissible or self.rng.random() < 0.5):
+                    action = previous
+                elif r.admissible:
+                    action = self.rng.choice(r.admissible)
+                extras[r.slot] = {"perturbed": True}
+            self._last_action[r.slot] = action
             if flat:
-                out[r.slot] = _write_flat(step.subgoal, step.action)
+                out[r.slot] = _write_flat(step.subgoal, action)
                 continue
             keep = r.turn > 0 and r.current_subgoal is not None and step.subgoal == r.current_subgoal
-            out[r.slot] = write_response(switch.KEEP if keep else switch.SWITCH, step.subgoal, step.action)
-        return out
+            out[r.slot] = write_response(switch.KEEP if keep else switch.SWITCH, step.subgoal, action)
+        return out, extras
 
 
 class RandomPolicy(BasePolicy):

@@ -38,20 +38,26 @@ class SFTExample:
     response_ids: list[int]
 
 
-def expert_trajectories(manager: EnvManager, tasks: Sequence[TaskSpec]) -> list[Trajectory]:
-    """Roll out the env's expert on ``tasks`` through ``manager`` (prompts rendered as in RL)."""
-    return run_episodes(manager, ExpertPolicy(manager), tasks)
+def expert_trajectories(manager: EnvManager, tasks: Sequence[TaskSpec], noise: float = 0.0,
+                        seed: int = 0) -> list[Trajectory]:
+    """Roll out the env's expert on ``tasks`` through ``manager`` (prompts rendered as in RL); ``noise`` > 0
+    perturbs it DART-style (:class:`~hiper.rollout.ExpertPolicy`), seeded by ``seed``."""
+    return run_episodes(manager, ExpertPolicy(manager, noise=noise, seed=seed), tasks)
 
 
 def examples_from_trajectories(
     trajectories: Sequence[Trajectory], tokenizer: Any, max_turns_per_episode: int | None = None
 ) -> list[SFTExample]:
-    """Tokenise every turn: chat-templated prompt ids, response ids followed by the EOS token."""
+    """Tokenise every turn: chat-templated prompt ids, response ids followed by the EOS token. Turns whose action
+    was a perturbation (``extras["perturbed"]``, a noisy expert) are left out: they are context for the turns after
+    them, not behaviour to clone."""
     out = []
     eos = tokenizer.eos_token_id
     for traj in trajectories:
         turns = traj.turns if max_turns_per_episode is None else traj.turns[:max_turns_per_episode]
         for turn in turns:
+            if turn.extras.get("perturbed"):
+                continue
             prompt = chat_prompt(tokenizer, turn.prompt)
             p = tokenizer(prompt, add_special_tokens=False)["input_ids"]
             r = tokenizer(turn.response, add_special_tokens=False)["input_ids"] + (

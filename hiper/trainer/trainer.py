@@ -39,8 +39,10 @@ from hiper.trainer.logging import progress_bar
 from hiper.trainer.optim import adamw
 from hiper.trainer.samples import iteration_records
 
-#: seed streams of the shell: training-task order per epoch, SFT tasks, SFT example subset, SFT shuffling
+#: seed streams of the shell: training-task order per epoch, SFT tasks, SFT example subset, SFT shuffling,
+#: trajectory samples, SFT expert noise
 TASK_STREAM, SFT_TASK_STREAM, SFT_SUBSET_STREAM, SFT_SHUFFLE_STREAM, SAMPLE_STREAM = 7, 11, 12, 13, 5
+SFT_NOISE_STREAM = 14
 
 Logger = Any  # anything with ``log(metrics: dict, step: int)``
 
@@ -242,7 +244,8 @@ class Trainer:
         t0 = time.perf_counter()
         split = s.split or self.config.env.train_split
         tasks = task_panel(self.env_name, split, n=s.episodes, seed=derive_seed(self.seed, SFT_TASK_STREAM) % (2**31))
-        trajs = sft.expert_trajectories(self.manager("train"), tasks)
+        trajs = sft.expert_trajectories(self.manager("train"), tasks, noise=s.noise,
+                                        seed=derive_seed(self.seed, SFT_NOISE_STREAM))
         examples = sft.examples_from_trajectories(trajs, self.tokenizer)
         if s.max_examples:
             gen = torch.Generator().manual_seed(derive_seed(self.seed, SFT_SUBSET_STREAM))
@@ -262,6 +265,8 @@ class Trainer:
         self.sft_done = True
         self._sync_engine()
         out = {"sft/examples": float(len(examples)), "sft/episodes": float(len(trajs)), "sft/nll_before": before,
+               "sft/perturbed_turns": float(sum(bool(t.extras.get("perturbed")) for tr in trajs for t in tr.turns)),
+               "sft/expert_success": sum(tr.won for tr in trajs) / max(len(trajs), 1),
                "sft/nll_after": after, "sft/steps": float(res["steps"]), "sft/skipped": float(res["skipped"]),
                "time/sft": time.perf_counter() - t0}
         self._emit(out, 0)
