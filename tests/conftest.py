@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
+from collections.abc import Callable
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import pytest
 
+SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
 SHARED = Path(os.environ.get("HIPER_SHARED", Path(__file__).resolve().parents[1] / ".." / "shared"))
 TOKENIZER_DIR = SHARED / "models" / "qwen2.5-instruct-tokenizer"
 
@@ -44,3 +48,17 @@ def catalogue() -> Any:
         return load_catalogue(default_data_dir())
     except WebShopDataMissing as e:
         pytest.skip(f"WebShop data missing: {e}")
+
+
+@pytest.fixture
+def load_script() -> Callable[[str], ModuleType]:
+    """Import ``scripts/<name>.py`` by path (the scripts folder is not a package) and return the module."""
+
+    def load(name: str) -> ModuleType:
+        spec = importlib.util.spec_from_file_location(name, SCRIPTS / f"{name}.py")
+        assert spec is not None and spec.loader is not None
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+        return mod
+
+    return load

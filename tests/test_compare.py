@@ -146,17 +146,10 @@ def test_long_horizon_ablation_recipe_loads_and_its_tasks_are_solvable() -> None
     assert max(lengths) < cfg.env.max_steps and sum(lengths) / len(lengths) > 8  # long, but solvable in time
 
 
-def test_ablation_report_skips_undefined_explained_variance() -> None:
+def test_ablation_report_skips_undefined_explained_variance(load_script) -> None:
     """A batch whose critic targets are all equal logs its explained variance as null (NaN in JSON terms): the
     report's per-head median is over the defined values, and a head with none reads nan."""
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parents[1] / "scripts" / "ablation_report.py"
-    spec = importlib.util.spec_from_file_location("ablation_report", path)
-    assert spec is not None and spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = load_script("ablation_report")
     rows = [{"train/success": 0.0, "critic/explained_var_low": None, "critic/explained_var_high": None},
             {"train/success": 0.5, "critic/explained_var_low": 0.25, "critic/explained_var_high": None},
             {"train/success": 1.0, "critic/explained_var_low": 0.75, "critic/explained_var_high": float("nan")}]

@@ -3,22 +3,9 @@ need two checkouts and minutes; docs/scale_out.md has their figures)."""
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
 
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "compare_iteration_speed.py"
-
-
-def load_script():
-    spec = importlib.util.spec_from_file_location("compare_iteration_speed", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-def test_new_overrides_reach_only_this_checkout() -> None:
-    mod = load_script()
+def test_new_overrides_reach_only_this_checkout(load_script) -> None:
+    mod = load_script("compare_iteration_speed")
     args = mod.build_parser().parse_args(["--ref", "33d5193", "--iterations", "5", "--warmup", "1", "--no-sft",
                                           "--new-override", "env.kwargs.inadmissible_penalty=0",
                                           "env.history_length=2", "rollout.temperature=1.0"])

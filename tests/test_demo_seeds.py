@@ -35,14 +35,8 @@ def test_table_spread_and_plot(tmp_path) -> None:
     assert missing.returncode != 0 and "demo_result.json not found" in missing.stderr
 
 
-def test_plot_title_names_the_training_temperature_only_when_known() -> None:
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("demo_seeds", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    plot_title = mod.plot_title
+def test_plot_title_names_the_training_temperature_only_when_known(load_script) -> None:
+    plot_title = load_script("demo_seeds").plot_title
     assert plot_title([{"train_temperature": 0.4}, {"train_temperature": 0.4}]).endswith("training rollouts, T = 0.4)")
     assert plot_title([{"train_temperature": 0.4}, {}]).endswith("(faint: training rollouts)")
     assert plot_title([{"train_temperature": 0.4}, {"train_temperature": 1.0}]).endswith("(faint: training rollouts)")
