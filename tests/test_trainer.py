@@ -228,6 +228,28 @@ def test_parallel_phases_are_bit_identical(estimator: str, tokenizer) -> None:
     assert {"time/critic_update", "time/actor_update"} <= set(m_par[-1])
 
 
+def test_rl_from_a_saved_sft_policy_equals_rl_right_after_sft(tokenizer, tmp_path) -> None:
+    """`hiper sft` then `hiper train model.path=<its policy> sft.enabled=false` reproduces SFT and RL in one run bit
+    for bit (the demo's tuning runs start from one saved SFT policy this way; docs/results_cpu_demo.md)."""
+    from hiper.trainer.cli_sft import run_sft
+
+    sft_on = {"enabled": True, "episodes": 4, "epochs": 1, "lr": 1e-3, "batch_size": 8}
+    whole = Trainer(tiny_config("hae", sft=sft_on) | {"output_dir": str(tmp_path / "whole")},
+                    tokenizer=tokenizer)
+    whole.sft()
+    metrics_whole = [whole.iteration() for _ in range(2)]
+    saved = run_sft(as_config(tiny_config("hae", sft=sft_on) | {"output_dir": str(tmp_path / "sft")}), None)
+    split = Trainer(tiny_config("hae", model={"path": str(saved / "policy"), "tiny": None, "tokenizer": None})
+                    | {"output_dir": str(tmp_path / "split")})
+    metrics_split = [split.iteration() for _ in range(2)]
+    a, b = _params(whole), _params(split)
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    for key in ("actor/pg_loss", "critic/loss", "train/success"):
+        assert [m[key] for m in metrics_whole] == [m[key] for m in metrics_split], key
+
+
 def test_a_huge_learning_rate_stops_the_run_with_the_cause(tokenizer, tmp_path) -> None:
     """actor.lr=1e9: the weights blow up and the next iteration's log-probs are not finite; the run stops with a
     one-line message naming the learning rate instead of training on (or failing deep inside the estimator)."""
