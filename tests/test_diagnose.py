@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import statistics
 
 import torch
 
@@ -38,4 +39,10 @@ def test_gradient_variance_and_t_interval() -> None:
     assert abs(v["grad_var"] - 0.5) < 1e-12  # var of (1, 3, 2) is 1, over dim 2
     assert abs(v["grad_signal"] - 2.0) < 1e-12 and abs(v["noise_to_signal"] - 0.25) < 1e-12
     m, lo, hi = t_interval([1.0, 2.0, 3.0])
-    assert m == 2.0 and lo < 2.0 < hi
+    assert m == 2.0 and abs(hi - 2.0 - 4.303 / 3**0.5) < 1e-9 and abs(lo + hi - 4.0) < 1e-12
+    # 17 samples (16 degrees of freedom): t = 2.120, not the normal 1.96; beyond 30 samples the normal quantile
+    xs = [float(i % 2) for i in range(17)]
+    half = t_interval(xs)[2] - statistics.fmean(xs)
+    assert abs(half - 2.120 * statistics.stdev(xs) / 17**0.5) < 1e-9
+    xs = [float(i % 2) for i in range(31)]
+    assert abs(t_interval(xs)[2] - statistics.fmean(xs) - 1.96 * statistics.stdev(xs) / 31**0.5) < 1e-9
