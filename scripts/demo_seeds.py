@@ -35,6 +35,20 @@ def spread(values: list[float]) -> str:
     return f"{statistics.mean(values):.3f} | {sd:.3f} | {max(values) - min(values):.3f}"
 
 
+#: beyond this many seeds the plot shows their mean with a band instead of one labelled line per seed
+MAX_SEED_LINES = 8
+
+
+def mean_band(runs: list[dict[str, Any]]) -> list[tuple[int, float, float, float]]:
+    """``(iteration, mean, low, high)`` of held-out success over the runs at every iteration that all of them
+    evaluated; ``low``/``high``: the 95 % t-interval of the mean (:func:`hiper.diagnose.t_interval`)."""
+    from hiper.diagnose import t_interval
+
+    curves = [dict(curve(r, "eval/success")) for r in runs]
+    shared = sorted(set.intersection(*(set(c) for c in curves)))
+    return [(i, *t_interval([c[i] for c in curves])) for i in shared]
+
+
 def plot_title(runs: list[dict[str, Any]]) -> str:
     """The figure's title; it names the training temperature only when every run recorded the same one (files
     written before ``train_temperature`` was recorded lack it)."""
@@ -72,14 +86,25 @@ def main(argv: list[str] | None = None) -> int:
         import matplotlib.pyplot as plt
 
         fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=120)
-        for r in runs:
-            (line,) = ax.plot(*zip(*curve(r, "eval/success")), marker="o", markersize=3, label=f"seed {r['seed']}")
-            train = curve(r, "train/success")
-            if train:
-                ax.plot(*zip(*train), color=line.get_color(), alpha=0.2, linewidth=0.8)
+        if len(runs) > MAX_SEED_LINES:  # many seeds: each one thin and grey, their mean with a 95 % band
+            for r in runs:
+                ax.plot(*zip(*curve(r, "eval/success")), color="0.6", linewidth=0.7, alpha=0.6)
+            band = mean_band(runs)
+            xs = [i for i, _, _, _ in band]
+            ax.fill_between(xs, [lo for _, _, lo, _ in band], [hi for _, _, _, hi in band], alpha=0.25,
+                            label="95 % t-interval of the mean")
+            ax.plot(xs, [m for _, m, _, _ in band], marker="o", linewidth=2, label=f"mean of {len(runs)} seeds")
+            ax.plot([], [], color="0.6", linewidth=0.7, label="each seed")
+            ax.set_title("CPU demo: held-out success over seeds")
+        else:
+            for r in runs:
+                (line,) = ax.plot(*zip(*curve(r, "eval/success")), marker="o", markersize=3, label=f"seed {r['seed']}")
+                train = curve(r, "train/success")
+                if train:
+                    ax.plot(*zip(*train), color=line.get_color(), alpha=0.2, linewidth=0.8)
+            ax.set_title(plot_title(runs))
         ax.set_xlabel("RL iteration")
         ax.set_ylabel("success")
-        ax.set_title(plot_title(runs))
         ax.grid(alpha=0.3)
         ax.legend()
         fig.tight_layout()

@@ -40,3 +40,21 @@ def test_plot_title_names_the_training_temperature_only_when_known(load_script) 
     assert plot_title([{"train_temperature": 0.4}, {"train_temperature": 0.4}]).endswith("training rollouts, T = 0.4)")
     assert plot_title([{"train_temperature": 0.4}, {}]).endswith("(faint: training rollouts)")
     assert plot_title([{"train_temperature": 0.4}, {"train_temperature": 1.0}]).endswith("(faint: training rollouts)")
+
+
+def test_many_seeds_plot_their_mean_with_a_t_band(load_script, tmp_path) -> None:
+    """Beyond MAX_SEED_LINES seeds the plot shows the mean and its 95 % t-interval at iterations every run has."""
+    mod = load_script("demo_seeds")
+    runs = [{"history": [{"iteration": 0, "eval/success": 0.2 + 0.01 * k}, {"iteration": 10, "eval/success": 0.3}]
+             + ([{"iteration": 20, "eval/success": 0.4}] if k else [])} for k in range(mod.MAX_SEED_LINES + 1)]
+    band = mod.mean_band(runs)
+    assert [b[0] for b in band] == [0, 10]  # iteration 20 is missing from one run
+    xs = [0.2 + 0.01 * k for k in range(9)]
+    assert abs(band[0][1] - sum(xs) / 9) < 1e-12 and band[0][2] < band[0][1] < band[0][3]
+    assert band[1][1:] == (0.3, 0.3, 0.3)  # all equal: no spread
+    for k in range(mod.MAX_SEED_LINES + 1):
+        fake_run(tmp_path / f"r{k}", k, [0.2 + 0.01 * k, 0.3])
+    png = tmp_path / "many.png"
+    subprocess.run([sys.executable, str(SCRIPT), *(str(tmp_path / f"r{k}") for k in range(mod.MAX_SEED_LINES + 1)),
+                    "--plot", str(png)], capture_output=True, text=True, check=True)
+    assert png.stat().st_size > 0
