@@ -16,6 +16,7 @@ import math
 import statistics
 from pathlib import Path
 
+from hiper.diagnose import T975
 from hiper.trainer.logging import read_metrics
 
 BEHAVIOUR = ("eval/switch_rate", "eval/segment_length", "eval/invalid_rate", "eval/inadmissible_rate")
@@ -42,8 +43,8 @@ def _train_means(rows: list[dict], last: int) -> tuple[float, str]:
 
 
 def _t95(n: int) -> float:
-    """Two-sided 95 % t quantile for n - 1 degrees of freedom (n <= 6 tabulated; 1.96 beyond)."""
-    return {2: 12.706, 3: 4.303, 4: 3.182, 5: 2.776, 6: 2.571}.get(n, 1.96)
+    """Two-sided 95 % t quantile for n - 1 degrees of freedom (:data:`hiper.diagnose.T975`; 1.96 beyond 30)."""
+    return T975[n - 2] if 2 <= n <= len(T975) + 1 else 1.96
 
 
 def main() -> None:
