@@ -79,13 +79,20 @@ T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2
         2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045)
 
 
+def t975(n: int) -> float:
+    """The two-sided 95 % quantile for a mean of ``n`` >= 2 samples: Student's t with n - 1 degrees of freedom up
+    to 30 samples, the normal 1.96 beyond."""
+    if n < 2:
+        raise ValueError(f"a t-interval needs at least 2 samples, got {n}")
+    return T975[n - 2] if n <= len(T975) + 1 else 1.96
+
+
 def t_interval(xs: list[float]) -> tuple[float, float, float]:
     """Mean and a 95 % t-interval (normal quantile beyond 30 samples)."""
     m = statistics.fmean(xs)
     if len(xs) < 2:
         return m, math.nan, math.nan
-    t = T975[len(xs) - 2] if len(xs) <= len(T975) + 1 else 1.96
-    half = t * statistics.stdev(xs) / math.sqrt(len(xs))
+    half = t975(len(xs)) * statistics.stdev(xs) / math.sqrt(len(xs))
     return m, m - half, m + half
 
 
@@ -228,4 +235,4 @@ def main(args: argparse.Namespace) -> int:
     return 0
 
 
-__all__ = ["T975", "add_arguments", "gradient", "gradient_variance", "main", "run", "t_interval"]
+__all__ = ["T975", "add_arguments", "gradient", "gradient_variance", "main", "run", "t975", "t_interval"]

@@ -16,7 +16,7 @@ import math
 import statistics
 from pathlib import Path
 
-from hiper.diagnose import T975
+from hiper.diagnose import t975
 from hiper.trainer.logging import read_metrics
 
 BEHAVIOUR = ("eval/switch_rate", "eval/segment_length", "eval/invalid_rate", "eval/inadmissible_rate")
@@ -40,11 +40,6 @@ def _train_means(rows: list[dict], last: int) -> tuple[float, str]:
 
     ev = ", ".join(f"{k.rsplit('_', 1)[-1]} {median(k):.2f}" for k in heads)
     return statistics.fmean(r["train/success"] for r in train), ev or "- (no critic)"
-
-
-def _t95(n: int) -> float:
-    """Two-sided 95 % t quantile for n - 1 degrees of freedom (:data:`hiper.diagnose.T975`; 1.96 beyond 30)."""
-    return T975[n - 2] if 2 <= n <= len(T975) + 1 else 1.96
 
 
 def main() -> None:
@@ -80,7 +75,7 @@ def main() -> None:
             print(f"| {name} | {mean_gain:+.1f} | {', '.join(f'{d:+.1f}' for d in diffs) or '-'} | - |")
             continue
         m, sd = statistics.mean(diffs), statistics.stdev(diffs)
-        half = _t95(len(diffs)) * sd / math.sqrt(len(diffs))
+        half = t975(len(diffs)) * sd / math.sqrt(len(diffs))
         print(f"| {name} | {mean_gain:+.1f} | {', '.join(f'{d:+.1f}' for d in diffs)} | "
               f"{m:+.1f} [{m - half:+.1f}, {m + half:+.1f}] |")
 

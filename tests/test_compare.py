@@ -160,5 +160,5 @@ def test_ablation_report_skips_undefined_explained_variance(load_script) -> None
 
 def test_ablation_report_t_quantiles_come_from_one_table(load_script) -> None:
     """Paired gains over n seeds use Student's t with n - 1 degrees of freedom up to 30 seeds (the normal beyond)."""
-    t95 = load_script("ablation_report")._t95
+    t95 = load_script("ablation_report").t975
     assert (t95(3), t95(7), t95(17), t95(30), t95(31)) == (4.303, 2.447, 2.120, 2.045, 1.96)
