@@ -6,7 +6,8 @@
 Each folder holds the ``demo_result.json`` a demo run writes (``before`` / ``after`` held-out metrics, the metric
 ``history``, ``wall_s``, ``seed``). Prints per seed the held-out success at every evaluation, the gain (after minus
 before, same seed) and the wall time, then mean, sample standard deviation (n - 1) and range over seeds of the
-SFT-only success, the final success and the gain.
+SFT-only success, the final success and the gain, then the machines the runs were measured on (a seed's figures
+depend on the CPU's float rounding; docs/results_cpu_demo.md).
 """
 
 from __future__ import annotations
@@ -57,6 +58,19 @@ def plot_title(runs: list[dict[str, Any]]) -> str:
     return f"CPU demo: held-out success (faint: training rollouts{at})"
 
 
+def machines(runs: list[dict[str, Any]]) -> list[str]:
+    """One line per distinct machine the runs were measured on (CPU, torch kernel level, torch and transformers
+    versions: what decides the float rounding a seed's figures depend on), with its seeds; files written before
+    the demo recorded its ``machine`` count as "not recorded"."""
+    seeds: dict[str, list[int]] = {}
+    for r in runs:
+        m = r.get("machine")
+        key = ("not recorded" if m is None else f"{m['cpu']} ({m['torch_cpu_capability']}), torch "
+               f"{m['packages']['torch']}, transformers {m['packages']['transformers']}")
+        seeds.setdefault(key, []).append(r["seed"])
+    return [f"measured on {k}: seed{'s' if len(v) > 1 else ''} {', '.join(map(str, v))}" for k, v in seeds.items()]
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("folders", nargs="+", help="demo run folders (each with demo_result.json)")
@@ -79,6 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"| SFT-only success | {spread(before)} |\n| final success | {spread(after)} |")
     sd = statistics.stdev(gains) if len(gains) > 1 else float("nan")
     print(f"| gain (points) | {statistics.mean(gains):+.1f} | {sd:.1f} | {min(gains):+.1f} ... {max(gains):+.1f} |")
+    print("\n" + "\n".join(machines(runs)))
     if args.plot:
         import matplotlib
 

@@ -91,6 +91,8 @@ def test_train_without_config_is_the_demo(tmp_path, monkeypatch, capsys):
     result = json.loads((out / "demo_result.json").read_text())
     assert 0.0 <= result["before"]["eval/success"] <= 1.0 and 0.0 <= result["after"]["eval/success"] <= 1.0
     assert result["train_temperature"] == load_config(None, []).rollout.temperature == 0.4  # the preset's
+    assert result["machine"]["cpu"] and result["machine"]["packages"]["torch"]  # where the figures were measured
+    assert "measured on " in text
     assert load_config(str(out / "config.yaml"), []) == load_config(None, small)
     # the best held-out checkpoint is kept beside the final one, and resuming still starts from the final one
     assert (out / "checkpoints" / "best" / "manifest.json").is_file()

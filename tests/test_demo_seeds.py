@@ -31,6 +31,7 @@ def test_table_spread_and_plot(tmp_path) -> None:
     assert "| gain (points) | +10.0 | 0.0 | +10.0 ... +10.0 |" in out
     assert "| SFT-only success | 0.225 | 0.035 | 0.050 |" in out
     assert png.stat().st_size > 0
+    assert lines[-3] == "measured on not recorded: seeds 0, 1"  # files written before the demo recorded it
     missing = subprocess.run([sys.executable, str(SCRIPT), str(tmp_path / "nope")], capture_output=True, text=True)
     assert missing.returncode != 0 and "demo_result.json not found" in missing.stderr
 
@@ -58,3 +59,16 @@ def test_many_seeds_plot_their_mean_with_a_t_band(load_script, tmp_path) -> None
     subprocess.run([sys.executable, str(SCRIPT), *(str(tmp_path / f"r{k}") for k in range(mod.MAX_SEED_LINES + 1)),
                     "--plot", str(png)], capture_output=True, text=True, check=True)
     assert png.stat().st_size > 0
+
+
+def test_machines_groups_seeds_by_what_decides_float_rounding(load_script) -> None:
+    machines = load_script("demo_seeds").machines
+
+    def run(seed: int, cpu: str, cap: str = "AVX512") -> dict:
+        return {"seed": seed, "machine": {"cpu": cpu, "torch_cpu_capability": cap,
+                                          "packages": {"torch": "2.13.0+cpu", "transformers": "5.25.0"}}}
+
+    lines = machines([run(0, "AMD EPYC"), run(1, "Intel Xeon", "AVX2"), run(2, "AMD EPYC"), {"seed": 3}])
+    assert lines == ["measured on AMD EPYC (AVX512), torch 2.13.0+cpu, transformers 5.25.0: seeds 0, 2",
+                     "measured on Intel Xeon (AVX2), torch 2.13.0+cpu, transformers 5.25.0: seed 1",
+                     "measured on not recorded: seed 3"]

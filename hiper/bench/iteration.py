@@ -17,7 +17,6 @@ initial one::
 from __future__ import annotations
 
 import argparse
-import platform
 import resource
 import statistics
 import sys
@@ -27,6 +26,7 @@ from typing import Any
 import torch
 
 from hiper.config import ConfigError, list_presets, load_config
+from hiper.trainer.provenance import machine_info
 from hiper.trainer.trainer import Trainer
 
 PHASES = ("generate", "env", "batch", "logprob", "switch_prob", "critic", "advantage", "critic_update",
@@ -81,10 +81,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "turn_samples": statistics.median(r["perf/turn_samples"] for r in runs),
         "peak_rss_mb": round(peak_rss_mb(), 1),
         "device": device,
-        "torch_threads": torch.get_num_threads(),
         "parallel_phases": cfg.trainer.parallel_phases,
-        "torch": torch.__version__,
-        "machine": platform.machine(),
+        **machine_info(),  # CPU, kernel level, threads, versions: timings compare only where these agree
     }
     if device.startswith("cuda"):
         out["peak_cuda_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)

@@ -24,6 +24,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from hiper.config import HiperConfig, load_config
+from hiper.trainer.provenance import machine_info
 from hiper.trainer.trainer import Trainer
 
 
@@ -90,7 +91,8 @@ def run_demo(config: HiperConfig, output_dir: str | None = None, quiet: bool = F
              logger: Any = None, on_done: Callable[[Trainer], None] | None = None,
              samples: Callable[[list[dict[str, Any]]], Any] | None = None) -> dict[str, Any]:
     """Run the whole demo; returns ``{"before", "after", "history", "wall_s", "table", "png", "seed",
-    "train_temperature"}``.
+    "train_temperature", "machine"}`` (``machine``: :func:`hiper.trainer.provenance.machine_info`, since the
+    figures depend on the CPU's float rounding).
 
     ``output_dir`` overrides ``config.output_dir``. Writes ``demo_result.json`` and ``learning_curve.png`` there.
     ``on_done(trainer)`` runs after training (``hiper train`` saves the final checkpoint with it).
@@ -125,13 +127,17 @@ def run_demo(config: HiperConfig, output_dir: str | None = None, quiet: bool = F
         png = plot_learning_curve(history, os.path.join(out_dir, "learning_curve.png"),
                                   train_temperature=config.rollout.temperature)
     result = {"before": before, "after": after, "history": history, "wall_s": wall, "table": table, "png": png,
-              "seed": config.seed, "train_temperature": config.rollout.temperature}
+              "seed": config.seed, "train_temperature": config.rollout.temperature, "machine": machine_info()}
     with open(os.path.join(out_dir, "demo_result.json"), "w") as f:
         json.dump({k: v for k, v in result.items() if k != "table"}, f, indent=1, default=float)
     if not quiet:
         print()
         print(table)
+        m = result["machine"]
         print(f"\nwall time {wall:.0f} s; learning curve: {png}")
+        print(f"measured on {m['cpu']} ({m['torch_cpu_capability']}), torch {m['packages']['torch']}, "
+              f"transformers {m['packages']['transformers']}: other machines give other figures for the same seed "
+              "(docs/results_cpu_demo.md)")
     return result
 
 

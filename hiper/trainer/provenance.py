@@ -1,0 +1,74 @@
+"""Where a result was measured: the machine and the library versions that decide its float rounding.
+
+The CPU demo is chaotic in float rounding: the same commit, seed and config gave seed 0 a held-out start of 0.260
+on one machine and 0.115 on another (docs/results_cpu_demo.md, "The same seed on another machine"), because
+BLAS kernels differ between CPUs (AVX2 / AVX-512) and library versions. So every demo result records what it ran
+on, and a figure quoted in the docs can be compared with a rerun only where these fields agree.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+from importlib.metadata import PackageNotFoundError, version
+from typing import Any
+
+import torch
+
+import hiper
+
+#: packages whose version changes the numbers of a run (kernels, model code, sampling).
+PACKAGES = ("torch", "transformers", "numpy")
+
+
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo`` on Linux, else :func:`platform.processor`; ``"unknown"`` if empty)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def git_commit() -> str | None:
+    """The commit of the hiper checkout this code runs from, ``"<sha>+dirty"`` with uncommitted changes to tracked
+    files; None when hiper is not run from a git checkout (an installed wheel) or git is missing."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(hiper.__file__)))
+    try:
+        sha = subprocess.run(["git", "-C", root, "rev-parse", "HEAD"], capture_output=True, text=True,
+                             timeout=10, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", root, "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=10, check=True).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return f"{sha}+dirty" if dirty else sha
+
+
+def machine_info() -> dict[str, Any]:
+    """A JSON-ready record: CPU model, logical cores, torch's CPU kernel level (``"AVX512"``, ``"AVX2"``, ...)
+    and intra-op threads, OS machine type, python, the :data:`PACKAGES` versions (None if not installed), hiper's
+    version and git commit."""
+    packages: dict[str, str | None] = {}
+    for name in PACKAGES:
+        try:
+            packages[name] = version(name)
+        except PackageNotFoundError:
+            packages[name] = None
+    return {
+        "cpu": cpu_model(),
+        "logical_cores": os.cpu_count(),
+        "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "torch_threads": torch.get_num_threads(),
+        "machine": platform.machine(),
+        "python": platform.python_version(),
+        "packages": packages,
+        "hiper": hiper.__version__,
+        "git_commit": git_commit(),
+    }
+
+
+__all__ = ["PACKAGES", "cpu_model", "git_commit", "machine_info"]
