@@ -59,14 +59,14 @@ def plot_title(runs: list[dict[str, Any]]) -> str:
 
 
 def machines(runs: list[dict[str, Any]]) -> list[str]:
-    """One line per distinct machine the runs were measured on (CPU, torch kernel level, torch and transformers
-    versions: what decides the float rounding a seed's figures depend on), with its seeds; files written before
-    the demo recorded its ``machine`` count as "not recorded"."""
+    """One line per distinct machine the runs were measured on (:func:`hiper.trainer.provenance.describe`: what
+    decides the float rounding a seed's figures depend on), with its seeds; files written before the demo recorded
+    its ``machine`` count as "not recorded"."""
+    from hiper.trainer.provenance import describe
+
     seeds: dict[str, list[int]] = {}
     for r in runs:
-        m = r.get("machine")
-        key = ("not recorded" if m is None else f"{m['cpu']} ({m['torch_cpu_capability']}), torch "
-               f"{m['packages']['torch']}, transformers {m['packages']['transformers']}")
+        key = "not recorded" if r.get("machine") is None else describe(r["machine"])
         seeds.setdefault(key, []).append(r["seed"])
     return [f"measured on {k}: seed{'s' if len(v) > 1 else ''} {', '.join(map(str, v))}" for k, v in seeds.items()]
 

@@ -68,7 +68,11 @@ def test_machines_groups_seeds_by_what_decides_float_rounding(load_script) -> No
         return {"seed": seed, "machine": {"cpu": cpu, "torch_cpu_capability": cap,
                                           "packages": {"torch": "2.13.0+cpu", "transformers": "5.25.0"}}}
 
-    lines = machines([run(0, "AMD EPYC"), run(1, "Intel Xeon", "AVX2"), run(2, "AMD EPYC"), {"seed": 3}])
+    forced = run(4, "AMD EPYC", "AVX2")
+    forced["machine"]["kernel_env"] = {"ATEN_CPU_CAPABILITY": "avx2"}
+    lines = machines([run(0, "AMD EPYC"), run(1, "Intel Xeon", "AVX2"), run(2, "AMD EPYC"), {"seed": 3}, forced])
     assert lines == ["measured on AMD EPYC (AVX512), torch 2.13.0+cpu, transformers 5.25.0: seeds 0, 2",
                      "measured on Intel Xeon (AVX2), torch 2.13.0+cpu, transformers 5.25.0: seed 1",
-                     "measured on not recorded: seed 3"]
+                     "measured on not recorded: seed 3",
+                     "measured on AMD EPYC (AVX2), torch 2.13.0+cpu, transformers 5.25.0, ATEN_CPU_CAPABILITY=avx2: "
+                     "seed 4"]

@@ -13,8 +13,12 @@ import torch
 from hiper.trainer import provenance
 
 
-def test_machine_info_is_json_ready_and_names_what_decides_float_rounding() -> None:
+def test_machine_info_is_json_ready_and_names_what_decides_float_rounding(monkeypatch) -> None:
+    for name in provenance.KERNEL_ENV:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("MKL_CBWR", "AVX2")
     info = provenance.machine_info()
+    assert info["kernel_env"] == {"MKL_CBWR": "AVX2"}
     assert json.loads(json.dumps(info)) == info
     assert info["cpu"] == provenance.cpu_model() != ""
     assert info["torch_cpu_capability"] == torch.backends.cpu.get_cpu_capability()

@@ -24,7 +24,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from hiper.config import HiperConfig, load_config
-from hiper.trainer.provenance import machine_info
+from hiper.trainer.provenance import describe, machine_info
 from hiper.trainer.trainer import Trainer
 
 
@@ -133,10 +133,8 @@ def run_demo(config: HiperConfig, output_dir: str | None = None, quiet: bool = F
     if not quiet:
         print()
         print(table)
-        m = result["machine"]
         print(f"\nwall time {wall:.0f} s; learning curve: {png}")
-        print(f"measured on {m['cpu']} ({m['torch_cpu_capability']}), torch {m['packages']['torch']}, "
-              f"transformers {m['packages']['transformers']}: other machines give other figures for the same seed "
+        print(f"measured on {describe(result['machine'])}: other CPUs give other figures for the same seed "
               "(docs/results_cpu_demo.md)")
     return result
 

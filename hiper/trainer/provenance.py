@@ -21,6 +21,10 @@ import hiper
 #: packages whose version changes the numbers of a run (kernels, model code, sampling).
 PACKAGES = ("torch", "transformers", "numpy")
 
+#: environment variables that choose the CPU kernels (and so the float rounding) of torch, MKL and oneDNN;
+#: ``ATEN_CPU_CAPABILITY=avx2`` reproduces on an AVX-512 machine the figures measured on an AVX2 one.
+KERNEL_ENV = ("ATEN_CPU_CAPABILITY", "MKL_ENABLE_INSTRUCTIONS", "MKL_CBWR", "ONEDNN_MAX_CPU_ISA")
+
 
 def cpu_model() -> str:
     """The CPU's model name (``/proc/cpuinfo`` on Linux, else :func:`platform.processor`; ``"unknown"`` if empty)."""
@@ -50,8 +54,8 @@ def git_commit() -> str | None:
 
 def machine_info() -> dict[str, Any]:
     """A JSON-ready record: CPU model, logical cores, torch's CPU kernel level (``"AVX512"``, ``"AVX2"``, ...)
-    and intra-op threads, OS machine type, python, the :data:`PACKAGES` versions (None if not installed), hiper's
-    version and git commit."""
+    and intra-op threads, the :data:`KERNEL_ENV` variables that are set, OS machine type, python, the
+    :data:`PACKAGES` versions (None if not installed), hiper's version and git commit."""
     packages: dict[str, str | None] = {}
     for name in PACKAGES:
         try:
@@ -63,6 +67,7 @@ def machine_info() -> dict[str, Any]:
         "logical_cores": os.cpu_count(),
         "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "torch_threads": torch.get_num_threads(),
+        "kernel_env": {name: os.environ[name] for name in KERNEL_ENV if name in os.environ},
         "machine": platform.machine(),
         "python": platform.python_version(),
         "packages": packages,
@@ -71,4 +76,14 @@ def machine_info() -> dict[str, Any]:
     }
 
 
-__all__ = ["PACKAGES", "cpu_model", "git_commit", "machine_info"]
+def describe(info: dict[str, Any]) -> str:
+    """One line of what decides a run's float rounding, from a :func:`machine_info` record:
+    ``"AMD EPYC (AVX512), torch 2.13.0+cpu, transformers 5.25.0"`` plus any :data:`KERNEL_ENV` setting."""
+    packages = info["packages"]
+    text = (f"{info['cpu']} ({info['torch_cpu_capability']}), torch {packages['torch']}, "
+            f"transformers {packages['transformers']}")
+    kernel_env = info.get("kernel_env") or {}
+    return text + "".join(f", {k}={v}" for k, v in sorted(kernel_env.items()))
+
+
+__all__ = ["KERNEL_ENV", "PACKAGES", "cpu_model", "describe", "git_commit", "machine_info"]
