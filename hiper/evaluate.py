@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from hiper.envs import ENV_FAMILIES, ENV_REGISTRY, env_class, import_plugins, make_batch, task_panel
+from hiper.models.tokenizer import load_tokenizer
 from hiper.protocol.prompts import PROMPT_PROTOCOL, RENDERERS
 from hiper.rollout.hf import HFEngine
 from hiper.rollout.loop import run_episodes
@@ -124,11 +125,13 @@ def load_run_env_config(config_path: Path | None) -> dict[str, Any]:
 
 
 def load_model(folder: Path, device: str) -> tuple[Any, Any]:
-    """``(model, tokenizer)`` from an HF folder (a PEFT adapter folder is merged into its base)."""
+    """``(model, tokenizer)`` from an HF folder (a PEFT adapter folder is merged into its base); the tokenizer as
+    saved (:func:`hiper.models.tokenizer.load_tokenizer`), as the trainer loads it."""
     import torch
     import transformers
 
-    tokenizer = transformers.AutoTokenizer.from_pretrained(str(folder))
+    # not AutoTokenizer: it re-tokenises a code-built tokenizer (the CPU demo's) saved beside a Qwen2 model
+    tokenizer = load_tokenizer(str(folder))
     dtype_key = "dtype" if int(transformers.__version__.split(".")[0]) >= 5 else "torch_dtype"
     dtype = "auto" if device.startswith("cuda") else torch.float32
     if (folder / "adapter_config.json").is_file():

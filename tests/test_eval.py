@@ -260,3 +260,25 @@ def test_user_errors_are_one_line_exit_2(argv, fragment, capsys) -> None:
     assert cli.main(["eval", "--env", "household", "--no-progress", *argv]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("hiper eval: error: ") and fragment in err[0], err
+
+
+def test_eval_loads_a_demo_checkpoints_tokenizer_as_saved(tmp_path: Path) -> None:
+    """`hiper eval` of a CPU-demo run must tokenise prompts as the trainer did: transformers' AutoTokenizer maps a
+    qwen2 folder to Qwen2Tokenizer, which re-tokenises the code-built demo tokenizer (its eval then scored a demo
+    run whose own held-out evaluation said 0.328 at 0 %)."""
+    transformers = pytest.importorskip("transformers")
+    from hiper.evaluate import load_model
+    from hiper.models.tokenizer import household_tokenizer
+
+    tokenizer = household_tokenizer("household", {"difficulty": "tiny"})
+    cfg = transformers.Qwen2Config(vocab_size=len(tokenizer), hidden_size=16, num_hidden_layers=1,
+                                   num_attention_heads=2, num_key_value_heads=1, intermediate_size=32)
+    folder = tmp_path / "policy"
+    transformers.Qwen2ForCausalLM(cfg).save_pretrained(str(folder))
+    tokenizer.save_pretrained(str(folder))
+    _, loaded = load_model(folder, "cpu")
+    text = ("task: put a clean candle in cabinet.\nlast: go to countertop 1 ; take candle 1 from countertop 1\n"
+            "obs: You pick up the candle 1 from the countertop 1.\nsubgoal: clean the candle\n"
+            "actions: go to sinkbasin 1 | put candle 1 in/on countertop 1")
+    assert loaded.encode(text) == tokenizer.encode(text)
+    assert loaded.padding_side == "left" and loaded.pad_token_id is not None
