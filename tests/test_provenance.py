@@ -35,6 +35,12 @@ def test_git_commit_is_the_checkout_head_or_none_outside_a_checkout(monkeypatch)
                               cwd=provenance.os.path.dirname(provenance.hiper.__file__)).stdout.strip()
         assert re.fullmatch(r"[0-9a-f]{40}(\+dirty)?", commit) and commit.startswith(root)
 
+    def other_repository(*args, **kwargs):  # hiper installed into a venv inside some project's repository
+        return subprocess.CompletedProcess(args, 0, stdout="/somewhere/else\n" + "a" * 40 + "\n", stderr="")
+
+    monkeypatch.setattr(provenance.subprocess, "run", other_repository)
+    assert provenance.git_commit() is None
+
     def no_git(*args, **kwargs):
         raise FileNotFoundError("git")
 

@@ -1,9 +1,10 @@
 """Where a result was measured: the machine and the library versions that decide its float rounding.
 
-The CPU demo is chaotic in float rounding: the same commit, seed and config gave seed 0 a held-out start of 0.260
-on one machine and 0.115 on another (docs/results_cpu_demo.md, "The same seed on another machine"), because
-BLAS kernels differ between CPUs (AVX2 / AVX-512) and library versions. So every demo result records what it ran
-on, and a figure quoted in the docs can be compared with a rerun only where these fields agree.
+The CPU demo is chaotic in float rounding: the same code, seed and config gave seed 0 a held-out start of 0.260
+on one machine and 0.115 on another, because torch picks its vectorised kernels by the CPU's instruction set
+(AVX2 there, AVX-512 here; docs/results_cpu_demo.md, "The same seeds on another CPU"), and library versions can
+change the rounding too. So every demo result records what it ran on, and a figure quoted in the docs can be
+compared with a rerun only where these fields agree.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import hiper
 PACKAGES = ("torch", "transformers", "numpy")
 
 #: environment variables that choose the CPU kernels (and so the float rounding) of torch, MKL and oneDNN;
-#: ``ATEN_CPU_CAPABILITY=avx2`` reproduces on an AVX-512 machine the figures measured on an AVX2 one.
+#: ``ATEN_CPU_CAPABILITY=avx2`` on an AVX-512 machine reproduced the SFT policy an AVX2 one had measured (not its RL).
 KERNEL_ENV = ("ATEN_CPU_CAPABILITY", "MKL_ENABLE_INSTRUCTIONS", "MKL_CBWR", "ONEDNN_MAX_CPU_ISA")
 
 
@@ -41,13 +42,15 @@ def cpu_model() -> str:
 def git_commit() -> str | None:
     """The commit of the hiper checkout this code runs from, ``"<sha>+dirty"`` with uncommitted changes to tracked
     files; None when hiper is not run from a git checkout (an installed wheel) or git is missing."""
-    root = os.path.dirname(os.path.dirname(os.path.abspath(hiper.__file__)))
+    root = os.path.realpath(os.path.dirname(os.path.dirname(os.path.abspath(hiper.__file__))))
     try:
-        sha = subprocess.run(["git", "-C", root, "rev-parse", "HEAD"], capture_output=True, text=True,
-                             timeout=10, check=True).stdout.strip()
+        top, sha = subprocess.run(["git", "-C", root, "rev-parse", "--show-toplevel", "HEAD"], capture_output=True,
+                                  text=True, timeout=10, check=True).stdout.splitlines()
+        if os.path.realpath(top) != root:  # an installed hiper inside some other repository (a venv in a project)
+            return None
         dirty = subprocess.run(["git", "-C", root, "status", "--porcelain", "--untracked-files=no"],
                                capture_output=True, text=True, timeout=10, check=True).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
+    except (OSError, subprocess.SubprocessError, ValueError):
         return None
     return f"{sha}+dirty" if dirty else sha
 
