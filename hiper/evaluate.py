@@ -22,15 +22,16 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from hiper.envs import ENV_FAMILIES, ENV_REGISTRY, env_class, import_plugins, make_batch, task_panel
-from hiper.models.tokenizer import load_tokenizer
 from hiper.protocol.prompts import PROMPT_PROTOCOL, RENDERERS
 from hiper.rollout.hf import HFEngine
 from hiper.rollout.loop import run_episodes
 from hiper.rollout.manager import EnvManager
 from hiper.rollout.policies import EnginePolicy, ExpertPolicy, RandomPolicy
 from hiper.rollout.records import Trajectory, TurnRecord, episode_stats
-from hiper.trainer.checkpoint import CheckpointCorrupt, verify_policy
+from hiper.trainer.checkpoint import CheckpointCorrupt, load_policy, policy_dir
 from hiper.trainer.samples import append_jsonl, eval_records
 
 #: default evaluation split per env (ALFWorld's verl-agent evaluation uses valid_seen, spec §2.7).
@@ -91,24 +92,16 @@ def summarize(trajectories: Sequence[Trajectory], seed: int = 0) -> dict[str, An
 
 
 def resolve_policy_dir(path: str | Path) -> tuple[Path, Path | None]:
-    """The HF model folder of ``path`` and the run config (``config.yaml``) next to it, if any.
-
-    Accepts a model folder (``config.json`` inside), a checkpoint folder (``policy/`` inside), or a
-    run folder / checkpoints root with a ``latest`` pointer.
-    """
+    """The HF model folder of ``path`` (:func:`hiper.trainer.checkpoint.policy_dir`: a model folder, a checkpoint
+    folder, a checkpoints root or a run folder) and the run config (``config.yaml``) next to it, if any. Finds,
+    does not verify: :func:`hiper.trainer.checkpoint.load_policy` checks the manifest once, when it loads."""
     p = Path(path)
     if not p.exists():
         raise FileNotFoundError(f"policy {str(path)!r} is neither expert/random/oracle nor an existing path")
-    for root in (p / "checkpoints", p):
-        latest = root / "latest"
-        if latest.is_file():
-            p = root / latest.read_text().strip()
-            break
-    if (p / "policy").is_dir():
-        p = p / "policy"
-    if not (p / "config.json").is_file() and not (p / "adapter_config.json").is_file():
-        raise FileNotFoundError(f"no HF model folder (config.json) found at {p}")
-    verify_policy(p)  # a checkpoint's policy/ must match the checkpoint's manifest
+    try:
+        p = policy_dir(p)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"no HF model folder (config.json) found at {p}") from None
     config = next((c for c in (p / "config.yaml", p.parent / "config.yaml") if c.is_file()), None)
     return p, config
 
@@ -124,27 +117,6 @@ def load_run_env_config(config_path: Path | None) -> dict[str, Any]:
     return env if isinstance(env, dict) else {}
 
 
-def load_model(folder: Path, device: str) -> tuple[Any, Any]:
-    """``(model, tokenizer)`` from an HF folder (a PEFT adapter folder is merged into its base); the tokenizer as
-    saved (:func:`hiper.models.tokenizer.load_tokenizer`), as the trainer loads it."""
-    import torch
-    import transformers
-
-    # not AutoTokenizer: it re-tokenises a code-built tokenizer (the CPU demo's) saved beside a Qwen2 model
-    tokenizer = load_tokenizer(str(folder))
-    dtype_key = "dtype" if int(transformers.__version__.split(".")[0]) >= 5 else "torch_dtype"
-    dtype = "auto" if device.startswith("cuda") else torch.float32
-    if (folder / "adapter_config.json").is_file():
-        try:
-            from peft import AutoPeftModelForCausalLM
-        except ImportError as exc:  # pragma: no cover - optional extra
-            raise ImportError("this checkpoint is a LoRA adapter: install the 'lora' extra (peft)") from exc
-        model = AutoPeftModelForCausalLM.from_pretrained(str(folder), **{dtype_key: dtype}).merge_and_unload()
-    else:
-        model = transformers.AutoModelForCausalLM.from_pretrained(str(folder), **{dtype_key: dtype})
-    return model.to(device).eval(), tokenizer
-
-
 def build_policy(args: argparse.Namespace, manager: EnvManager) -> tuple[Any, str]:
     """The policy named by ``args.policy`` and a short description for the report."""
     name = args.policy
@@ -154,7 +126,9 @@ def build_policy(args: argparse.Namespace, manager: EnvManager) -> tuple[Any, st
         return RandomPolicy(seed=args.seed), name
     folder, _ = resolve_policy_dir(name)
     device = _device(args.device)
-    model, tokenizer = load_model(folder, device)
+    # the trainer's checkpoint loader: merges a bare LoRA adapter, loads the tokenizer as saved
+    model, tokenizer = load_policy(folder, dtype="auto" if device.startswith("cuda") else torch.float32)
+    model = model.to(device).eval()
     engine = HFEngine(model, tokenizer, device=device, max_batch_size=args.batch_size, seed=args.seed)
     policy = EnginePolicy(
         engine,

@@ -262,23 +262,79 @@ def test_user_errors_are_one_line_exit_2(argv, fragment, capsys) -> None:
     assert len(err) == 1 and err[0].startswith("hiper eval: error: ") and fragment in err[0], err
 
 
-def test_eval_loads_a_demo_checkpoints_tokenizer_as_saved(tmp_path: Path) -> None:
-    """`hiper eval` of a CPU-demo run must tokenise prompts as the trainer did: transformers' AutoTokenizer maps a
-    qwen2 folder to Qwen2Tokenizer, which re-tokenises the code-built demo tokenizer (its eval then scored a demo
-    run whose own held-out evaluation said 0.328 at 0 %)."""
-    transformers = pytest.importorskip("transformers")
-    from hiper.evaluate import load_model
+def _tiny_demo_policy(transformers: Any) -> tuple[Any, Any]:
     from hiper.models.tokenizer import household_tokenizer
 
     tokenizer = household_tokenizer("household", {"difficulty": "tiny"})
     cfg = transformers.Qwen2Config(vocab_size=len(tokenizer), hidden_size=16, num_hidden_layers=1,
                                    num_attention_heads=2, num_key_value_heads=1, intermediate_size=32)
+    return transformers.Qwen2ForCausalLM(cfg), tokenizer
+
+
+def test_eval_loads_a_demo_checkpoints_tokenizer_as_saved(tmp_path: Path) -> None:
+    """`hiper eval` of a CPU-demo run must tokenise prompts as the trainer did: transformers' AutoTokenizer maps a
+    qwen2 folder to Qwen2Tokenizer, which re-tokenises the code-built demo tokenizer (its eval then scored a demo
+    run whose own held-out evaluation said 0.328 at 0 %)."""
+    transformers = pytest.importorskip("transformers")
+    from hiper.trainer.checkpoint import load_policy
+
+    model, tokenizer = _tiny_demo_policy(transformers)
     folder = tmp_path / "policy"
-    transformers.Qwen2ForCausalLM(cfg).save_pretrained(str(folder))
+    model.save_pretrained(str(folder))
     tokenizer.save_pretrained(str(folder))
-    _, loaded = load_model(folder, "cpu")
+    _, loaded = load_policy(folder)
     text = ("task: put a clean candle in cabinet.\nlast: go to countertop 1 ; take candle 1 from countertop 1\n"
             "obs: You pick up the candle 1 from the countertop 1.\nsubgoal: clean the candle\n"
             "actions: go to sinkbasin 1 | put candle 1 in/on countertop 1")
     assert loaded.encode(text) == tokenizer.encode(text)
     assert loaded.padding_side == "left" and loaded.pad_token_id is not None
+
+
+def test_eval_checks_a_checkpoint_once_and_refuses_a_corrupt_one(tmp_path: Path, monkeypatch, capsys) -> None:
+    """The manifest of a checkpoint's policy is hashed once per `hiper eval` (it was three times: a 7B policy is
+    ~15 GB), and a policy file that no longer matches it is a one-line error, not an evaluation."""
+    transformers = pytest.importorskip("transformers")
+    from hiper.trainer import checkpoint
+
+    model, tokenizer = _tiny_demo_policy(transformers)
+    path = checkpoint.save_checkpoint(tmp_path / "run", iteration=1, models={"policy": model}, tokenizer=tokenizer)
+    policy_files = [f for f in (path / "policy").rglob("*") if f.is_file()]
+    hashed: list[Path] = []
+    real = checkpoint._sha256
+    monkeypatch.setattr(checkpoint, "_sha256", lambda f: hashed.append(f) or real(f))
+    run_eval(tmp_path, "--policy", str(tmp_path / "run"), "--n", "1", "--max-steps", "1", "--max-new-tokens", "2",
+             "--device", "cpu")
+    assert sorted(hashed) == sorted(policy_files)
+    capsys.readouterr()  # transformers' weight-loading bar of that run
+
+    weights = path / "policy" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-1] + b"\0")
+    assert cli.main(["eval", "--policy", str(tmp_path / "run"), "--n", "1", "--no-progress", "--device", "cpu"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "model.safetensors does not match its sha256" in err[0], err
+
+
+def test_load_policy_merges_a_bare_peft_adapter(tmp_path: Path) -> None:
+    """A folder peft wrote (adapter_config.json, no config.json) loads as the base with the adapter merged."""
+    transformers = pytest.importorskip("transformers")
+    peft = pytest.importorskip("peft")
+    import torch
+
+    from hiper.trainer.checkpoint import load_policy
+
+    torch.manual_seed(0)
+    base, tokenizer = _tiny_demo_policy(transformers)
+    base.save_pretrained(str(tmp_path / "base"))
+    base = transformers.AutoModelForCausalLM.from_pretrained(str(tmp_path / "base"))  # the adapter names its base
+    lora = peft.get_peft_model(base, peft.LoraConfig(r=2, target_modules=["q_proj", "v_proj"],
+                                                     init_lora_weights=False))  # random B: the adapter acts
+    lora.save_pretrained(str(tmp_path / "adapter"))
+    tokenizer.save_pretrained(str(tmp_path / "adapter"))
+    assert not (tmp_path / "adapter" / "config.json").exists()
+    merged, _ = load_policy(tmp_path / "adapter")
+    ids = torch.tensor([tokenizer.encode("obs: You arrive at the dresser 1.")])
+    plain = transformers.AutoModelForCausalLM.from_pretrained(str(tmp_path / "base"))
+    with torch.no_grad():
+        want = lora(ids).logits
+        assert torch.allclose(merged(ids).logits, want, atol=1e-5)
+        assert not torch.allclose(plain(ids).logits, want, atol=1e-3)  # the adapter changes the output

@@ -52,6 +52,8 @@ STATE_DICT_FILE = "state_dict.pt"
 #: sub-folder of a LoRA policy folder holding peft's adapter (``save_pretrained`` of the PeftModel).
 LORA_ADAPTER_DIR = "adapter"
 LORA_ADAPTER_FILE = "adapter_model.safetensors"
+PEFT_ADAPTER_CONFIG = "adapter_config.json"  # marks a bare peft adapter folder (saved by peft, not by hiper)
+POLICY = "policy"
 FORMAT_VERSION = 1
 _ITER_RE = re.compile(r"^iter_(\d+)$")
 _TMP_RE = re.compile(r"^(?P<name>.+)\.(?:tmp|old)-(?P<pid>\d+)$")
@@ -477,15 +479,21 @@ def load_checkpoint(
 
 
 def policy_dir(path: str | os.PathLike[str]) -> Path:
-    """The HF policy folder of a checkpoint folder, a run folder (latest checkpoint) or the folder itself."""
+    """The HF policy folder of ``path``: a model folder (``config.json``, or a bare peft adapter's
+    ``adapter_config.json``), a checkpoint folder (``policy/`` inside), a checkpoints root or a run folder (the
+    checkpoint its ``latest`` pointer names, else its newest ``iter_*``)."""
     path = Path(path)
-    if (path / "config.json").is_file():
-        return path
-    if (path / "policy" / "config.json").is_file():
-        return path / "policy"
+    candidates = [path, path / POLICY]
+    for root in (checkpoint_root(path), path):
+        pointer = root / LATEST
+        if pointer.is_file():
+            candidates.append(root / pointer.read_text().strip() / POLICY)
     latest = latest_checkpoint(path)
-    if latest is not None and (latest / "policy" / "config.json").is_file():
-        return latest / "policy"
+    if latest is not None:
+        candidates.append(latest / POLICY)
+    for folder in candidates:
+        if (folder / "config.json").is_file() or (folder / PEFT_ADAPTER_CONFIG).is_file():
+            return folder
     raise FileNotFoundError(f"{path} holds no policy: expected an HF folder, a checkpoint or a run folder")
 
 
@@ -502,14 +510,30 @@ def load_tokenizer_dir(folder: str | os.PathLike[str]) -> Any:
     return load_tokenizer(str(folder))
 
 
-def load_policy(path: str | os.PathLike[str], dtype: torch.dtype | None = None) -> tuple[nn.Module, Any]:
-    """``(model, tokenizer)`` from an HF folder, a checkpoint folder or a run folder (its latest checkpoint)."""
-    from transformers import AutoModelForCausalLM
+def load_policy(path: str | os.PathLike[str], dtype: torch.dtype | str | None = None) -> tuple[nn.Module, Any]:
+    """``(model, tokenizer)`` from anything :func:`policy_dir` accepts, after :func:`verify_policy`.
+
+    What ``hiper eval`` loads a saved policy with (the trainer's ``model.path`` goes through
+    :mod:`hiper.models.policy`, which builds LoRA and dtype from the run config): a bare peft adapter folder is merged
+    into its base (needs the ``lora`` extra); the tokenizer is loaded as saved (:func:`load_tokenizer_dir`;
+    transformers' AutoTokenizer would re-tokenise the CPU demo's code-built tokenizer). ``dtype``: a torch dtype
+    or ``"auto"``; None keeps transformers' default (float32).
+    """
+    import transformers
 
     folder = policy_dir(path)
     verify_policy(folder)
-    kwargs = {"dtype": dtype} if dtype is not None else {}
-    model = AutoModelForCausalLM.from_pretrained(str(folder), **kwargs)
+    # transformers 4.x names the argument torch_dtype (pyproject allows >= 4.45)
+    key = "dtype" if int(transformers.__version__.split(".")[0]) >= 5 else "torch_dtype"
+    kwargs = {key: dtype} if dtype is not None else {}
+    if (folder / PEFT_ADAPTER_CONFIG).is_file():
+        try:
+            from peft import AutoPeftModelForCausalLM
+        except ImportError as exc:  # pragma: no cover - optional extra
+            raise ImportError("this checkpoint is a LoRA adapter: install the 'lora' extra (peft)") from exc
+        model = AutoPeftModelForCausalLM.from_pretrained(str(folder), **kwargs).merge_and_unload()
+    else:
+        model = transformers.AutoModelForCausalLM.from_pretrained(str(folder), **kwargs)
     return model, load_tokenizer_dir(folder)
 
 
