@@ -127,7 +127,8 @@ def build_policy(args: argparse.Namespace, manager: EnvManager) -> tuple[Any, st
     folder, _ = resolve_policy_dir(name)
     device = _device(args.device)
     # the trainer's checkpoint loader: merges a bare LoRA adapter, loads the tokenizer as saved
-    model, tokenizer = load_policy(folder, dtype="auto" if device.startswith("cuda") else torch.float32)
+    model, tokenizer = load_policy(folder, dtype="auto" if device.startswith("cuda") else torch.float32,
+                                   progress=not args.no_progress)
     model = model.to(device).eval()
     engine = HFEngine(model, tokenizer, device=device, max_batch_size=args.batch_size, seed=args.seed)
     policy = EnginePolicy(

@@ -27,7 +27,8 @@ import os
 import random
 import re
 import shutil
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -204,9 +205,7 @@ def _save_model(model: nn.Module, folder: Path) -> None:
     """
     folder.mkdir(parents=True, exist_ok=True)
     # transformers draws a "Writing model shards" bar per save; a run saves often (best, final), so it is noise
-    bars = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()
-    try:
+    with _no_hf_progress_bars():
         if hasattr(model, "peft_config") and hasattr(model, "get_base_model"):
             model.get_base_model().save_pretrained(str(folder), state_dict=merged_state_dict(model))
             model.save_pretrained(str(folder / LORA_ADAPTER_DIR))
@@ -214,6 +213,15 @@ def _save_model(model: nn.Module, folder: Path) -> None:
             model.save_pretrained(str(folder))
         else:
             torch.save(model.state_dict(), folder / STATE_DICT_FILE)
+
+
+@contextmanager
+def _no_hf_progress_bars() -> Iterator[None]:
+    """transformers' progress bars (saving / loading weights) off inside the block, as they were after it."""
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
     finally:
         if bars:
             hf_logging.enable_progress_bar()
@@ -510,14 +518,17 @@ def load_tokenizer_dir(folder: str | os.PathLike[str]) -> Any:
     return load_tokenizer(str(folder))
 
 
-def load_policy(path: str | os.PathLike[str], dtype: torch.dtype | str | None = None) -> tuple[nn.Module, Any]:
+def load_policy(
+    path: str | os.PathLike[str], dtype: torch.dtype | str | None = None, progress: bool = True
+) -> tuple[nn.Module, Any]:
     """``(model, tokenizer)`` from anything :func:`policy_dir` accepts, after :func:`verify_policy`.
 
     What ``hiper eval`` loads a saved policy with (the trainer's ``model.path`` goes through
     :mod:`hiper.models.policy`, which builds LoRA and dtype from the run config): a bare peft adapter folder is merged
     into its base (needs the ``lora`` extra); the tokenizer is loaded as saved (:func:`load_tokenizer_dir`;
     transformers' AutoTokenizer would re-tokenise the CPU demo's code-built tokenizer). ``dtype``: a torch dtype
-    or ``"auto"``; None keeps transformers' default (float32).
+    or ``"auto"``; None keeps transformers' default (float32). ``progress``: False hides transformers'
+    weight-loading bar (``hiper eval --no-progress``).
     """
     import transformers
 
@@ -526,14 +537,15 @@ def load_policy(path: str | os.PathLike[str], dtype: torch.dtype | str | None = 
     # transformers 4.x names the argument torch_dtype (pyproject allows >= 4.45)
     key = "dtype" if int(transformers.__version__.split(".")[0]) >= 5 else "torch_dtype"
     kwargs = {key: dtype} if dtype is not None else {}
-    if (folder / PEFT_ADAPTER_CONFIG).is_file():
-        try:
-            from peft import AutoPeftModelForCausalLM
-        except ImportError as exc:  # pragma: no cover - optional extra
-            raise ImportError("this checkpoint is a LoRA adapter: install the 'lora' extra (peft)") from exc
-        model = AutoPeftModelForCausalLM.from_pretrained(str(folder), **kwargs).merge_and_unload()
-    else:
-        model = transformers.AutoModelForCausalLM.from_pretrained(str(folder), **kwargs)
+    with nullcontext() if progress else _no_hf_progress_bars():
+        if (folder / PEFT_ADAPTER_CONFIG).is_file():
+            try:
+                from peft import AutoPeftModelForCausalLM
+            except ImportError as exc:  # pragma: no cover - optional extra
+                raise ImportError("this checkpoint is a LoRA adapter: install the 'lora' extra (peft)") from exc
+            model = AutoPeftModelForCausalLM.from_pretrained(str(folder), **kwargs).merge_and_unload()
+        else:
+            model = transformers.AutoModelForCausalLM.from_pretrained(str(folder), **kwargs)
     return model, load_tokenizer_dir(folder)
 
 
