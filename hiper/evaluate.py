@@ -126,7 +126,7 @@ def build_policy(args: argparse.Namespace, manager: EnvManager) -> tuple[Any, st
         return RandomPolicy(seed=args.seed), name
     folder, _ = resolve_policy_dir(name)
     device = _device(args.device)
-    # the trainer's checkpoint loader: merges a bare LoRA adapter, loads the tokenizer as saved
+    # verifies the checkpoint's manifest (once), merges a bare LoRA adapter, loads the tokenizer as saved
     model, tokenizer = load_policy(folder, dtype="auto" if device.startswith("cuda") else torch.float32,
                                    progress=not args.no_progress)
     model = model.to(device).eval()

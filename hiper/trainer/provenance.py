@@ -24,7 +24,8 @@ import hiper
 PACKAGES = ("torch", "transformers", "numpy")
 
 #: environment variables that choose the CPU kernels (and so the float rounding) of torch, MKL and oneDNN;
-#: ``ATEN_CPU_CAPABILITY=avx2`` moved seed 0's SFT start from 0.260 to 0.312 on an Intel Xeon that reproduces the docs' tables.
+#: ``ATEN_CPU_CAPABILITY=avx2`` moved seed 0's SFT start from 0.260 to 0.312 on an Intel Xeon that reproduces the
+#: docs' tables.
 KERNEL_ENV = ("ATEN_CPU_CAPABILITY", "MKL_ENABLE_INSTRUCTIONS", "MKL_CBWR", "ONEDNN_MAX_CPU_ISA")
 
 
