@@ -8,7 +8,13 @@ import pytest
 import torch
 
 from hiper.config import LoraConfig, ModelConfig
-from hiper.models.policy import build_policy, make_reference, resolve_dtype, response_logprobs
+from hiper.models.policy import (
+    build_policy,
+    load_pretrained_policy,
+    make_reference,
+    resolve_dtype,
+    response_logprobs,
+)
 from hiper.models.tokenizer import build_demo_tokenizer, split_gguf
 
 TINY = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1, "num_attention_heads": 2,
@@ -32,6 +38,19 @@ def test_tiny_policy_dtype_and_determinism(tok) -> None:
         resolve_dtype("float8")
     with pytest.raises(ValueError, match="tiny"):
         build_policy(ModelConfig(tiny=None, path=None), tok)
+
+
+def test_pretrained_dtype_uses_the_installed_transformers_keyword(tok, tmp_path, monkeypatch) -> None:
+    import transformers
+
+    build_policy(ModelConfig(tiny=TINY), tok, seed=0).save_pretrained(tmp_path)
+    assert next(load_pretrained_policy(str(tmp_path), dtype="bf16").parameters()).dtype == torch.bfloat16
+    # transformers 4.45-4.55 know only torch_dtype and would load float32 without a word if given dtype=
+    seen: dict = {}
+    monkeypatch.setattr(transformers, "__version__", "4.46.3")
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", lambda *a, **k: seen.update(k))
+    load_pretrained_policy(str(tmp_path), dtype="bf16")
+    assert seen == {"torch_dtype": torch.bfloat16}
 
 
 def test_gradient_checkpointing_gives_same_logprobs(tok) -> None:

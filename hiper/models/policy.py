@@ -40,6 +40,18 @@ def resolve_dtype(name: str | torch.dtype | None) -> torch.dtype:
     return DTYPES[name]
 
 
+def from_pretrained_dtype(dtype: torch.dtype | str | None) -> dict[str, Any]:
+    """The ``from_pretrained`` keyword for ``dtype`` (empty for None): transformers 5 names it ``dtype``,
+    4.x (pyproject allows >= 4.45, and 4.45-4.55 know only this name) ``torch_dtype``; the wrong name is
+    not an error there, the model silently loads in float32."""
+    import transformers
+
+    if dtype is None:
+        return {}
+    key = "dtype" if int(transformers.__version__.split(".")[0]) >= 5 else "torch_dtype"
+    return {key: dtype}
+
+
 # ----------------------------------------------------------------------------------------------
 # Models
 # ----------------------------------------------------------------------------------------------
@@ -87,7 +99,7 @@ def load_pretrained_policy(path: str, dtype: Any = "float32") -> nn.Module:
     from transformers import AutoModelForCausalLM
 
     folder, gguf_file = split_gguf(path)
-    kwargs: dict[str, Any] = {"dtype": resolve_dtype(dtype)}
+    kwargs = from_pretrained_dtype(resolve_dtype(dtype))
     if gguf_file:
         kwargs["gguf_file"] = gguf_file
     return AutoModelForCausalLM.from_pretrained(folder, **kwargs)
@@ -286,6 +298,7 @@ __all__ = [
     "merge_lora",
     "merged_state_dict",
     "position_ids_from_mask",
+    "from_pretrained_dtype",
     "resolve_dtype",
     "response_logprobs",
     "response_states",

@@ -39,6 +39,7 @@ from transformers.utils import logging as hf_logging
 
 from hiper.config.loader import parse_yaml, save_resolved
 from hiper.losses import weights_finite
+from hiper.models.policy import from_pretrained_dtype
 from hiper.models.tokenizer import load_tokenizer
 from hiper.rollout.weights import merged_state_dict
 
@@ -534,9 +535,7 @@ def load_policy(
 
     folder = policy_dir(path)
     verify_policy(folder)
-    # transformers 4.x names the argument torch_dtype (pyproject allows >= 4.45)
-    key = "dtype" if int(transformers.__version__.split(".")[0]) >= 5 else "torch_dtype"
-    kwargs = {key: dtype} if dtype is not None else {}
+    kwargs = from_pretrained_dtype(dtype)  # not resolve_dtype: it would turn "auto" into float32
     with nullcontext() if progress else _no_hf_progress_bars():
         if (folder / PEFT_ADAPTER_CONFIG).is_file():
             try:
