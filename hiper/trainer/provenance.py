@@ -1,11 +1,11 @@
 """Where a result was measured: the machine and the library versions that decide its float rounding.
 
-The CPU demo is chaotic in float rounding: the same code, seed and config gave seed 0 a held-out start of 0.260
-on an Intel Xeon and 0.115 on an AMD EPYC, both at torch's AVX512 kernel level (docs/results_cpu_demo.md, "The same
-seeds on another CPU" and "A third CPU"): the CPU decides which kernels torch and its libraries run, forcing
-another kernel level changes the figures again, and library versions can change the rounding too. So every demo
-result records what it ran on, and a figure quoted in the docs can be compared with a rerun only where these fields
-agree.
+The CPU demo is chaotic in float rounding: the same code, seed and config (the two-SFT-epoch preset) gave seed 0 a
+held-out start of 0.260 on an Intel Xeon and 0.115 on an AMD EPYC, both at torch's AVX512 kernel level
+(docs/results_cpu_demo.md, "The same seeds on another CPU" and "A third CPU"): the CPU decides which kernels torch
+and its libraries run, forcing another kernel level changes the figures again, and library versions can change the
+rounding too. So every demo result records what it ran on, and a figure quoted in the docs can be compared with a
+rerun only where these fields agree.
 """
 
 from __future__ import annotations
@@ -24,8 +24,8 @@ import hiper
 PACKAGES = ("torch", "transformers", "numpy")
 
 #: environment variables that choose the CPU kernels (and so the float rounding) of torch, MKL and oneDNN;
-#: ``ATEN_CPU_CAPABILITY=avx2`` moved seed 0's SFT start from 0.260 to 0.312 on an Intel Xeon that reproduces the
-#: docs' tables.
+#: ``ATEN_CPU_CAPABILITY=avx2`` moved seed 0's SFT start from 0.260 to 0.312 (two SFT epochs) on an Intel Xeon that
+#: reproduces the docs' tables.
 KERNEL_ENV = ("ATEN_CPU_CAPABILITY", "MKL_ENABLE_INSTRUCTIONS", "MKL_CBWR", "ONEDNN_MAX_CPU_ISA")
 
 
