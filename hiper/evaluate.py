@@ -236,13 +236,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
-def _env_setup(args: argparse.Namespace) -> tuple[dict[str, Any], str, int]:
+def _run_env(policy: str) -> dict[str, Any]:
+    """The ``env`` section of the run config next to a saved ``policy`` (``{}`` for the built-in policies)."""
+    if policy in ("expert", "oracle", "random"):
+        return {}
+    return load_run_env_config(resolve_policy_dir(policy)[1])
+
+
+def _env_setup(args: argparse.Namespace, run_env: dict[str, Any]) -> tuple[dict[str, Any], str, int]:
     """``(env kwargs, renderer name, history_length)`` from CLI args over the checkpoint's run config."""
-    run_env: dict[str, Any] = {}
-    if args.policy not in ("expert", "oracle", "random"):
-        run_env = load_run_env_config(resolve_policy_dir(args.policy)[1])
-        if run_env.get("name", args.env) != args.env:
-            run_env = {"prompt": run_env.get("prompt"), "history_length": run_env.get("history_length")}
+    if run_env.get("name", args.env) != args.env:
+        run_env = {"prompt": run_env.get("prompt"), "history_length": run_env.get("history_length")}
     kwargs = dict(run_env.get("kwargs") or {})
     if run_env.get("max_steps") is not None:
         kwargs["max_steps"] = int(run_env["max_steps"])
@@ -256,11 +260,8 @@ def _env_setup(args: argparse.Namespace) -> tuple[dict[str, Any], str, int]:
     return kwargs, prompt, history
 
 
-def _resolve_env(args: argparse.Namespace) -> None:
+def _resolve_env(args: argparse.Namespace, run_env: dict[str, Any]) -> None:
     """Fill ``args.env`` (a run folder's env when not given) after importing the env plugins."""
-    run_env: dict[str, Any] = {}
-    if args.policy not in ("expert", "oracle", "random"):
-        run_env = load_run_env_config(resolve_policy_dir(args.policy)[1])
     import_plugins([*run_env.get("plugins", []), *args.env_plugin])
     if args.env is None:
         args.env = run_env.get("name", "household")
@@ -271,9 +272,10 @@ def _resolve_env(args: argparse.Namespace) -> None:
 
 def evaluate(args: argparse.Namespace) -> dict[str, Any]:
     """Run the evaluation described by ``args``; returns the JSON-able results."""
-    _resolve_env(args)
+    run_env = _run_env(args.policy)  # read once: the env lookup and the env setup both need it
+    _resolve_env(args, run_env)
     split = args.split or DEFAULT_SPLIT.get(args.env, "test")
-    env_kwargs, prompt, history_length = _env_setup(args)
+    env_kwargs, prompt, history_length = _env_setup(args, run_env)
     tasks = task_panel(args.env, split, n=args.n, seed=args.seed)
     if not tasks:
         raise ValueError(f"split {split!r} of env {args.env!r} has no tasks")

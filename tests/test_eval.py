@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from hiper import cli
+from hiper import evaluate as hiper_evaluate
 from hiper.envs import InProcessBatch, task_panel
 from hiper.evaluate import bootstrap_interval, resolve_policy_dir, wilson_interval
 from hiper.play import expand_shorthand, play
@@ -297,14 +298,19 @@ def test_eval_checks_a_checkpoint_once_and_refuses_a_corrupt_one(tmp_path: Path,
     from hiper.trainer import checkpoint
 
     model, tokenizer = _tiny_demo_policy(transformers)
-    path = checkpoint.save_checkpoint(tmp_path / "run", iteration=1, models={"policy": model}, tokenizer=tokenizer)
+    path = checkpoint.save_checkpoint(tmp_path / "run", iteration=1, models={"policy": model}, tokenizer=tokenizer,
+                                      config={"env": {"name": "household", "history_length": 3}})
     policy_files = [f for f in (path / "policy").rglob("*") if f.is_file()]
     hashed: list[Path] = []
     real = checkpoint._sha256
     monkeypatch.setattr(checkpoint, "_sha256", lambda f: hashed.append(f) or real(f))
+    configs_read: list[Any] = []
+    real_read = hiper_evaluate.load_run_env_config
+    monkeypatch.setattr(hiper_evaluate, "load_run_env_config", lambda c: configs_read.append(c) or real_read(c))
     run_eval(tmp_path, "--policy", str(tmp_path / "run"), "--n", "1", "--max-steps", "1", "--max-new-tokens", "2",
              "--device", "cpu")
     assert sorted(hashed) == sorted(policy_files)
+    assert configs_read == [path / "config.yaml"]  # the run's config is read once too (it was twice)
     assert "Loading weights" not in capsys.readouterr().err  # --no-progress hides transformers' bar too
 
     weights = path / "policy" / "model.safetensors"
