@@ -41,15 +41,26 @@ def test_tiny_policy_dtype_and_determinism(tok) -> None:
 
 
 def test_pretrained_dtype_uses_the_installed_transformers_keyword(tok, tmp_path, monkeypatch) -> None:
-    import transformers
-
     build_policy(ModelConfig(tiny=TINY), tok, seed=0).save_pretrained(tmp_path)
     assert next(load_pretrained_policy(str(tmp_path), dtype="bf16").parameters()).dtype == torch.bfloat16
+    # imported only now: transformers' lazy module replaces itself in sys.modules on first use, and a module
+    # object taken before that would be patched to no effect (the test then failed when run on its own)
+    import transformers
     # transformers 4.45-4.55 know only torch_dtype and would load float32 without a word if given dtype=
     seen: dict = {}
     monkeypatch.setattr(transformers, "__version__", "4.46.3")
     monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", lambda *a, **k: seen.update(k))
     load_pretrained_policy(str(tmp_path), dtype="bf16")
+    assert seen == {"torch_dtype": torch.bfloat16}
+    # a separate critic's backbone from a path goes through the same keyword
+    from hiper.config import CriticConfig
+    from hiper.models.critic import build_critic
+
+    seen.clear()
+    real = transformers.AutoModel.from_pretrained
+    monkeypatch.setattr(transformers.AutoModel, "from_pretrained", lambda p, **k: seen.update(k) or real(p))
+    policy = build_policy(ModelConfig(tiny=TINY), tok, seed=0)
+    build_critic(CriticConfig(path=str(tmp_path), dtype="bf16"), policy, ("low", "high"))
     assert seen == {"torch_dtype": torch.bfloat16}
 
 

@@ -49,6 +49,7 @@ from typing import Any
 from hiper.bench.workload import RANDOM_PRESETS, PromptSet, build_prompts, random_model_dir
 from hiper.envs import ENV_FAMILIES, make_batch
 from hiper.envs.data import DataNotFoundError
+from hiper.models.policy import load_pretrained_policy
 from hiper.rollout.hf import HFEngine
 from hiper.rollout.loop import LoopStats, run_episodes
 from hiper.rollout.manager import EnvManager
@@ -517,11 +518,9 @@ def run(args: argparse.Namespace, stand_in: Callable[[Any], tuple[Any, Any]] | N
 def _hf_engine(path: str, args: argparse.Namespace, tokenizer: Any, eos: Sequence[int] | None) -> Any:
     """HFEngine on the GPU (CPU without one) over the checkpoint at ``path``, with the same EOS ids."""
     import torch
-    from transformers import AutoModelForCausalLM
-
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.bfloat16).to(device).eval()
+    model = load_pretrained_policy(path, dtype="bf16").to(device).eval()
     return HFEngine(model, tokenizer, max_batch_size=args.n_prompts, seed=args.seed, eos_token_ids=eos)
 
 

@@ -35,6 +35,7 @@ from torch import Tensor, nn
 from hiper.config.schema import CriticConfig
 from hiper.models.policy import (
     backbone_and_head,
+    from_pretrained_dtype,
     hidden_states,
     position_ids_from_mask,
     resolve_dtype,
@@ -240,7 +241,7 @@ def build_critic(critic_cfg: CriticConfig, policy: nn.Module, heads: tuple[str, 
         from transformers import AutoModel
 
         backbone = AutoModel.from_pretrained(
-            path, dtype=resolve_dtype(critic_cfg.dtype or "float32")
+            path, **from_pretrained_dtype(resolve_dtype(critic_cfg.dtype or "float32"))
         )
         hidden = int(backbone.config.hidden_size)
     else:
