@@ -144,8 +144,6 @@ def build_policy(args: argparse.Namespace, manager: EnvManager) -> tuple[Any, st
 def _device(name: str) -> str:
     if name != "auto":
         return name
-    import torch
-
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
