@@ -37,13 +37,18 @@ def shell_lines(text: str) -> list[str]:
     return out
 
 
+#: what may stand before a command without being it: a timer (``/usr/bin/time -v``) and environment assignments
+#: (``ATEN_CPU_CAPABILITY=avx2``); a command behind them is checked like any other.
+WRAPPERS = re.compile(r"^(?:(?:/usr/bin/)?time(?:\s+-v)?\s+|[A-Z_][A-Z0-9_]*=\S*\s+)+")
+
+
 def documented(prefix: str) -> list[tuple[str, str]]:
-    """``(doc name, command)`` for every command line that starts with ``prefix`` (after ``.venv/bin/``)."""
+    """``(doc name, command)`` for every command line that starts with ``prefix`` (after wrappers and ``.venv/bin/``)."""
     found = []
     for doc in DOCS:
         for line in shell_lines(doc.read_text()):
             for part in re.split(r"\s*(?:&&|;|\|\|?)\s*", line):
-                part = part.removeprefix(".venv/bin/")
+                part = WRAPPERS.sub("", part).removeprefix(".venv/bin/")
                 if part.startswith(prefix):
                     found.append((doc.relative_to(ROOT).as_posix(), part))
     return found
