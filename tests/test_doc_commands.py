@@ -94,6 +94,23 @@ def test_hiper_command_parses(doc: str, cmd: str) -> None:
         pytest.fail(f"{doc}: {cmd!r}: {exc}")
 
 
+DEMO = documented("python -m hiper.trainer.demo")
+
+
+@pytest.mark.parametrize(("doc", "cmd"), DEMO, ids=[f"{d}:{c[:60]}" for d, c in DEMO])
+def test_demo_command_parses(doc: str, cmd: str) -> None:
+    from hiper.trainer.demo import build_parser
+
+    try:
+        build_parser(exit_on_error=False).parse_args(split(cmd)[3:])
+    except (argparse.ArgumentError, SystemExit) as exc:
+        pytest.fail(f"{doc}: {cmd!r} does not parse: {exc}")
+
+
+def test_docs_show_demo_commands() -> None:
+    assert len(DEMO) >= 5, "the doc-check found almost no python -m hiper.trainer.demo commands"
+
+
 def makefile_targets() -> set[str]:
     return set(re.findall(r"^([A-Za-z0-9_.-]+):", (ROOT / "Makefile").read_text(), re.M))
 

@@ -139,13 +139,19 @@ def run_demo(config: HiperConfig, output_dir: str | None = None, quiet: bool = F
     return result
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m hiper.trainer.demo", description="HiPER CPU demo")
+def build_parser(exit_on_error: bool = True) -> argparse.ArgumentParser:
+    """The arguments of ``python -m hiper.trainer.demo`` (the doc check parses the documented commands with it)."""
+    p = argparse.ArgumentParser(prog="python -m hiper.trainer.demo", description="HiPER CPU demo",
+                                exit_on_error=exit_on_error)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--output-dir", default="runs/cpu_demo")
     p.add_argument("--iterations", type=int, default=None)
     p.add_argument("--quiet", action="store_true")
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     overrides = [f"seed={args.seed}", f"output_dir={args.output_dir}"]
     if args.iterations is not None:
         overrides.append(f"trainer.total_iterations={args.iterations}")
